@@ -115,7 +115,7 @@ def _number(cfg, field: str, *, lo=None, hi=None, lo_open=False, hi_open=False,
   if math.isnan(value) or (lo is not None and (value <= lo if lo_open else value < lo)) or (
       hi is not None and (value >= hi if hi_open else value > hi)):
     left = "(" if lo_open else "["
-    right = ")" if hi_open else "]"
+    right = ")" if hi_open or hi is None else "]"
     _fail(field, value, f"{kind} in {left}{'-inf' if lo is None else lo}, "
           f"{'inf' if hi is None else hi}{right}")
 
@@ -183,7 +183,7 @@ def validate(config) -> None:
     if not accepts_any and key not in allowed:
       _fail(f"divergence_kwargs.{key}", config["divergence_kwargs"][key],
             f"parameters of {name}: {', '.join(allowed) or '(none)'}")
-  _number(config, "temperature", lo=0, lo_open=True)
+  _number(config, "temperature", lo=0, lo_open=True, hi=math.inf, hi_open=True)
   if not isinstance(config["scale_by_t2"], bool):
     _fail("scale_by_t2", config["scale_by_t2"], "True, False")
   for key in SPAN_WEIGHT_KEYS:
