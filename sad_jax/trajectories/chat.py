@@ -240,11 +240,18 @@ class _TaggedArguments(dict):
 
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-  out = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                   sort_keys=sort_keys)
+  """Hugging Face's ``tojson``; tool-call arguments (also nested) come out labelled."""
+  kw = dict(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
   if isinstance(x, _TaggedArguments):
-    return chr(_SENTINEL_BASE + SpanType.ACTION) + out + _CLOSE
-  return out
+    return chr(_SENTINEL_BASE + SpanType.ACTION) + json.dumps(x, **kw) + _CLOSE
+  item_sep, key_sep = separators or (", ", ": ")
+  if indent is None and isinstance(x, dict) and all(isinstance(k, str) for k in x):
+    items = sorted(x.items()) if sort_keys else x.items()
+    return "{" + item_sep.join(json.dumps(k, ensure_ascii=ensure_ascii) + key_sep + _tojson(v, **kw)
+                               for k, v in items) + "}"
+  if indent is None and isinstance(x, (list, tuple)):
+    return "[" + item_sep.join(_tojson(v, **kw) for v in x) + "]"
+  return json.dumps(x, **kw)
 
 
 def _raise_exception(message):

@@ -140,15 +140,16 @@ def segment_chatml(text: str, strict: bool = True) -> Segmented:
   while True:
     start = text.find(IM_START, pos)
     gap_end = len(text) if start < 0 else start
-    if text[pos:gap_end].strip():
-      rec.fail("text outside a <|im_start|> ... <|im_end|> turn", pos)
+    stray = len(text[pos:gap_end]) - len(text[pos:gap_end].lstrip())
+    if pos + stray < gap_end:
+      rec.fail("text outside a <|im_start|> ... <|im_end|> turn", pos + stray)
     if start < 0:
       break
     turns += 1
-    header_end = text.find("\n", start)
     next_start = text.find(IM_START, start + len(IM_START))
     limit = len(text) if next_start < 0 else next_start
-    if header_end < 0 or header_end > limit:
+    header_end = text.find("\n", start, limit)
+    if header_end < 0:
       rec.fail("turn header without a newline after the role", start)
       pos = limit
       continue
