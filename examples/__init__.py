@@ -1,0 +1,1 @@
+"""Runnable examples of sad_jax (importable as a package for the tests)."""
