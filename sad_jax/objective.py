@@ -63,6 +63,12 @@ def teacher_statistics(student_logits: chex.Array, teacher: Any,
   if not (hasattr(teacher, "shape") and hasattr(teacher, "dtype")):
     raise TypeError(f"teacher statistics need dense teacher logits [B, T, V], got "
                     f"{type(teacher).__name__}")
+  if teacher.shape[-1] != student_logits.shape[-1]:
+    raise ValueError(f"student vocab size {student_logits.shape[-1]} != teacher vocab size "
+                     f"{teacher.shape[-1]}; pad the smaller one with sad_jax.pad_vocab")
+  if teacher.shape != student_logits.shape:
+    raise ValueError(f"teacher shape {teacher.shape} must equal student_logits shape "
+                     f"{student_logits.shape}")
   where = jnp.asarray(where, bool)
   s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
   t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
