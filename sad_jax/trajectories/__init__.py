@@ -15,11 +15,12 @@ from sad_jax.trajectories.batching import Batch, batch, next_token_targets, pack
 from sad_jax.trajectories.io import ReadReport, Record, read_jsonl
 from sad_jax.trajectories.segment import FORMATS, detect_format, segment
 from sad_jax.trajectories.segmented import Segmented, Span, TrajectoryError
-from sad_jax.trajectories.stats import complexity, span_char_counts, span_token_counts
+from sad_jax.trajectories.stats import (complexity, complexity_from_counts, span_char_counts,
+                                        span_token_counts)
 
 __all__ = [
     "FORMATS", "Batch", "ReadReport", "Record", "Segmented", "Span", "Tokenized",
-    "TrajectoryError", "batch", "complexity", "detect_format", "next_token_targets",
+    "TrajectoryError", "batch", "complexity", "complexity_from_counts", "detect_format", "next_token_targets",
     "pack", "read_jsonl", "segment", "span_char_counts", "span_token_counts",
     "token_span_ids", "tokenize",
 ]

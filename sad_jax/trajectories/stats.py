@@ -46,8 +46,7 @@ def complexity(span_ids: np.ndarray, *, alpha: float = 1.0, beta: float = 1.0,
   Returns:
     ``[...]`` float64 scores (a 0-d array for a single trajectory).
   """
-  counts = span_token_counts(span_ids)
-  score = alpha * counts[..., SpanType.REASONING] + beta * counts[..., SpanType.ACTION]
+  mean = None
   if teacher_entropy is not None:
     entropy = np.asarray(teacher_entropy, np.float64)
     if entropy.shape != np.shape(span_ids):
@@ -55,5 +54,21 @@ def complexity(span_ids: np.ndarray, *, alpha: float = 1.0, beta: float = 1.0,
                        f"{np.shape(span_ids)}")
     valid = np.asarray(span_ids) != SpanType.PAD
     mean = np.where(valid, entropy, 0.0).sum(-1) / np.maximum(valid.sum(-1), 1)
-    score = score + gamma * mean
+  return complexity_from_counts(span_token_counts(span_ids), alpha=alpha, beta=beta,
+                                gamma=gamma, mean_entropy=mean)
+
+
+def complexity_from_counts(counts: np.ndarray, *, alpha: float = 1.0, beta: float = 1.0,
+                           gamma: float = 1.0, mean_entropy: np.ndarray | None = None) -> np.ndarray:
+  """:func:`complexity` from ``[..., NUM_SPAN_TYPES]`` counts (tokens, or characters).
+
+  ``mean_entropy`` is ``[...]`` (the teacher's mean entropy per trajectory) or None.
+  Returns ``[...]`` float64 scores.
+  """
+  counts = np.asarray(counts)
+  if counts.shape[-1:] != (NUM_SPAN_TYPES,):
+    raise ValueError(f"counts must have a last axis of {NUM_SPAN_TYPES} span types, got shape {counts.shape}")
+  score = alpha * counts[..., SpanType.REASONING] + beta * counts[..., SpanType.ACTION]
+  if mean_entropy is not None:
+    score = score + gamma * np.asarray(mean_entropy, np.float64)
   return np.asarray(score, np.float64)
