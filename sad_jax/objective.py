@@ -237,7 +237,8 @@ def sad_loss(student_logits: chex.Array, teacher: Any, span_ids: chex.Array,
     span_ids: ``[B, T]`` int :class:`~sad_jax.spans.SpanType` per token, per row.
     state: :class:`~sad_jax.state.SADState` (temperature, running losses, ...).
     config: the objective config (``ConfigDict`` or a mapping of overrides).
-    labels: ``[B, T]`` int hard labels; required when ``hard_label_weight > 0``.
+    labels: ``[B, T]`` int hard labels; required when ``hard_label_weight > 0``
+      (when given, their cross-entropy is reported in the metrics either way).
     axis_name: under ``shard_map``/``pmap`` over the batch, the mapped axis name:
       sums and counts are psum-ed, so the loss and metrics are the exact global
       ones on every device (and the state stays replicated).
