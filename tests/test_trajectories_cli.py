@@ -47,8 +47,8 @@ def test_inspect_per_token_view(shared_dir, tokenizer_json):
   path = str(shared_dir / "trajectories" / "samples.jsonl")
   text = run("inspect", path, "--color", "never", "--tokenizer", tokenizer_json, "--format", "auto")
   assert "tokens" in text
-  assert any(line.startswith("REASONING   ") and "|" in line for line in text.splitlines())
-  assert "OTHER       <|im_start|>|" in text
+  assert any(line.startswith("REASONING   ") and "│" in line for line in text.splitlines())
+  assert "OTHER       <|im_start|>│" in text
 
 
 def test_stats_table_and_malformed(tmp_path, shared_dir, tokenizer_json):

@@ -52,7 +52,7 @@ def render_spans(seg: Segmented, color: bool) -> str:
 
 
 def render_tokens(text: str, offsets: np.ndarray, span_ids: Sequence[int], color: bool) -> str:
-  """One line per run of same-type tokens: ``TYPE  tok|tok|...`` (whitespace made visible)."""
+  """One line per run of same-type tokens: ``TYPE  tok│tok│...`` (whitespace made visible)."""
   lines, run, run_type = [], [], None
   for (start, end), typ in zip(np.asarray(offsets).tolist(), span_ids):
     typ = SpanType(int(typ))
@@ -63,6 +63,6 @@ def render_tokens(text: str, offsets: np.ndarray, span_ids: Sequence[int], color
     run.append(text[start:end].translate(_VISIBLE) or "∅")
   if run:
     lines.append((run_type, run))
-  sep = paint("|", SpanType.OTHER, color) if color else "|"
+  sep = paint("│", SpanType.OTHER, color) if color else "│"
   return "\n".join(f"{typ.name:<11} " + sep.join(paint(t, typ, color) for t in toks)
                    for typ, toks in lines)
