@@ -127,8 +127,8 @@ def content_pieces(role: str, text: str, start: int, end: int, rec: Recovery) ->
   """Typed pieces of one turn's content ``text[start:end]`` for ``role``."""
   if role == "assistant":
     return assistant_pieces(text, start, end, rec)
-  if role in ("user", "system", "developer"):
-    return user_pieces(text, start, end, rec) if role == "user" else [(start, end, SpanType.PROMPT)]
+  if role == "user":
+    return user_pieces(text, start, end, rec)
   return [(start, end, ROLES[role])]
 
 

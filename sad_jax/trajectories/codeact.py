@@ -21,7 +21,7 @@ from sad_jax.spans import SpanType
 from sad_jax.trajectories.segmented import Recovery, Segmented, SpanBuilder, lines
 
 MARKER = re.compile(r"(Task|Question|Thought|Code|Final [Aa]nswer|Observation)[ \t]*:")
-FENCE_OPEN = re.compile(r"[ \t]*(```(?:py|python)?|<code>)[ \t]*$")
+FENCE_OPEN = re.compile(r"[ \t]*(```(?:py|python)?|<code>)[ \t\r]*$")
 _CLOSE = {"<code>": re.compile(r"[ \t]*</code>")}
 _FENCE_CLOSE = re.compile(r"[ \t]*```")
 _TYPES = {"Task": SpanType.PROMPT, "Question": SpanType.PROMPT,

@@ -14,7 +14,7 @@ _TEXT_SEGMENTERS = {
     "chatml": chatml.segment_chatml,
     "codeact": codeact.segment_codeact,
 }
-_CODE = re.compile(r"^[ \t]*(```(?:py|python)?[ \t]*$|<code>[ \t]*$)|<end_code>", re.MULTILINE)
+_CODE = re.compile(r"^[ \t]*(```(?:py|python)?|<code>)[ \t\r]*$|<end_code>", re.MULTILINE)
 _CODEACT_MARKER = re.compile(r"^(Thought|Code)[ \t]*:", re.MULTILINE)
 _REACT_MARKER = re.compile(r"^(Thought|Action)(?:[ \t]+\d+)?[ \t]*:", re.MULTILINE)
 _ALFWORLD_COMMAND = re.compile(r"^>", re.MULTILINE)
