@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sad_jax.trajectories import alfworld, chat, chatml, codeact, react
+from sad_jax.trajectories import alfworld, chat, chatml, codeact, react, templates
 from sad_jax.trajectories.segmented import Segmented, SpanBuilder, TrajectoryError
 
 FORMATS = ("auto", "react", "alfworld", "chat", "chatml", "codeact")
@@ -90,7 +90,7 @@ def segment(trajectory: Any, *, format: str = "auto", strict: bool = True,  # py
     raise ValueError(f"chat_template/template_kwargs only apply to format='chat', got format={fmt!r}")
   if fmt == "chat":
     if chat_template is not None:
-      return chat.render_template(trajectory, chat_template, strict, template_kwargs)
+      return templates.render_template(trajectory, chat_template, strict, template_kwargs)
     return chat.render_builtin(trajectory, strict)
   if not isinstance(trajectory, str):
     raise TrajectoryError(
