@@ -117,10 +117,14 @@ def main(argv=None, out=None) -> int:
   out = sys.stdout if out is None else out
   color = args.color == "always" or (
       args.color == "auto" and out.isatty() and "NO_COLOR" not in os.environ)
-  if args.command == "inspect":
-    _inspect(args, out, color)
-  else:
-    _stats(args, out)
+  try:
+    if args.command == "inspect":
+      _inspect(args, out, color)
+    else:
+      _stats(args, out)
+  except OSError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 
