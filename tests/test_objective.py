@@ -3,6 +3,7 @@ entropy sign, gradient accumulation, shard_map exactness, regularizers, metrics.
 from __future__ import annotations
 
 import functools
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -181,8 +182,7 @@ def test_rows_with_different_layouts_get_their_own_weights():
 
 
 def test_scan_50_steps_with_state_stays_finite_and_in_bounds():
-  cfg = config_lib.load_config(
-      __import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "sad.py")
+  cfg = config_lib.load_config(pathlib.Path(__file__).resolve().parents[1] / "configs" / "sad.py")
   cfg.adaptive_temperature.enabled = True
   cfg.temperature = 2.0
   cfg.weighting = "adaptive"
@@ -203,8 +203,8 @@ def test_scan_50_steps_with_state_stays_finite_and_in_bounds():
   assert np.all((temps >= 1.0) & (temps <= 4.0))
   assert int(final.step) == 50 and int(final.history_count) == 50
   assert int(final.skipped_steps) == 0
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final) if x.dtype.kind == "f"
-             and x.shape != ())
+  assert np.all(np.isfinite(final.span_losses)) and np.all(np.isfinite(final.loss_history))
+  assert np.isfinite(float(final.best_loss))  # the 8-slot buffer filled, so a best exists
   np.testing.assert_allclose(final.curriculum_progress, 50 / cfg.curriculum.total_steps)
 
 
