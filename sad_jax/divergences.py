@@ -28,12 +28,21 @@ Conventions (see ``DESIGN.md``):
   float32; float64 stays float64 when ``jax_enable_x64`` is on.
 * Gradients are meant for the student; the teacher's gradient is finite but not
   part of the contract (wrap teacher logits in ``jax.lax.stop_gradient``).
+* ``forward_kl``, ``reverse_kl``, ``generalized_jsd`` and ``total_variation`` run a
+  fused ``custom_vjp`` path for dense teachers (see :func:`_fast_dense`): the forward
+  pass saves only per-token log-normalizers and values, and the backward pass forms
+  the student gradient, the *true* teacher gradient and the temperature gradient in
+  one pass over the logits (unused ones are removed under ``jit``).
+* The f-divergences (``SPARSE_DIVERGENCES``) also accept a
+  :class:`sad_jax.sparse.SparseTeacher` in place of dense teacher logits; its tail
+  policy maps both sides to a small support first. The others raise a ValueError.
 
 Static parameters (``beta``, ``alpha``, ``top_k`` …) must be Python numbers; the
 temperature may be a traced scalar (e.g. from ``SADState``).
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Callable
@@ -41,6 +50,8 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
+
+from sad_jax import sparse as sparse_lib
 
 Divergence = Callable[..., jax.Array]
 
@@ -85,12 +96,50 @@ def _as_float(name: str, x) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _prepare(student_logits, teacher_logits, temperature, where):
+def _prepare(student_logits, teacher_logits, temperature, where, *, fn: str):
   """Validates inputs; returns float32 (log-)probabilities and the token mask.
 
   Masked tokens have their logits replaced by zeros *before* any arithmetic, so
-  NaN or all ``-inf`` rows there cannot poison values or gradients.
+  NaN or all ``-inf`` rows there cannot poison values or gradients. A
+  :class:`~sad_jax.sparse.SparseTeacher` is reduced by its tail policy to aligned
+  log-distributions on a small support (only for ``SPARSE_DIVERGENCES``).
   """
+  if isinstance(teacher_logits, sparse_lib.SparseTeacher):
+    return _prepare_sparse(student_logits, teacher_logits, temperature, where, fn)
+  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
+  log_q = jax.nn.log_softmax(s / temperature, axis=-1)
+  log_p = jax.nn.log_softmax(t / temperature, axis=-1)
+  return log_q, log_p, where
+
+
+def _prepare_sparse(student_logits, teacher, temperature, where, fn: str):
+  if fn not in SPARSE_DIVERGENCES:
+    raise ValueError(
+        f"{fn} does not accept a SparseTeacher: it is not an f-divergence, so the "
+        "teacher's missing tail cannot be represented exactly; pass dense teacher "
+        f"logits, or use one of {', '.join(SPARSE_DIVERGENCES)}")
+  s = _as_float("student_logits", student_logits)
+  _check_temperature(temperature)
+  where = _check_where(where, s.shape)
+  if where is not None:
+    s = jnp.where(where[..., None], s, 0.0)
+  log_q, log_p = sparse_lib.reduce_to_support(s, teacher, temperature, where)
+  return log_q, log_p, where
+
+
+def _check_where(where, shape):
+  if where is None:
+    return None
+  where = jnp.asarray(where)
+  if where.shape != shape[:-1]:
+    raise ValueError(
+        f"where must have the token shape {shape[:-1]} (logits without the vocab "
+        f"axis), got {where.shape}")
+  return where.astype(bool)
+
+
+def _clean_dense(student_logits, teacher_logits, temperature, where):
+  """Validates dense inputs; returns float logits with masked rows zeroed."""
   s = _as_float("student_logits", student_logits)
   t = _as_float("teacher_logits", teacher_logits)
   if s.shape[-1] != t.shape[-1]:
@@ -101,18 +150,11 @@ def _prepare(student_logits, teacher_logits, temperature, where):
     raise ValueError(
         f"student_logits shape {s.shape} and teacher_logits shape {t.shape} differ")
   _check_temperature(temperature)
+  where = _check_where(where, s.shape)
   if where is not None:
-    where = jnp.asarray(where)
-    if where.shape != s.shape[:-1]:
-      raise ValueError(
-          f"where must have the token shape {s.shape[:-1]} (logits without the vocab "
-          f"axis), got {where.shape}")
-    where = where.astype(bool)
     s = jnp.where(where[..., None], s, 0.0)
     t = jnp.where(where[..., None], t, 0.0)
-  log_q = jax.nn.log_softmax(s / temperature, axis=-1)
-  log_p = jax.nn.log_softmax(t / temperature, axis=-1)
-  return log_q, log_p, where
+  return s, t, where
 
 
 def _finish(value: jax.Array, where) -> jax.Array:
@@ -140,6 +182,237 @@ def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
   return _kl(log_a, log_m)
 
 
+
+# ---------------------------------------------------------------------------
+# Fused custom-VJP kernels for dense teachers.
+#
+# Each kernel takes float logits ``s, t [..., V]`` (masked rows already zeroed) and
+# the temperature, and returns the per-token value. The forward pass reads the
+# logits in a few fused reductions and saves only per-token statistics (log
+# normalizers, value, partial sums); the backward pass recomputes the
+# probabilities and writes the student gradient in one elementwise pass.
+# ---------------------------------------------------------------------------
+
+
+def _log_normalizer(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  r"""Returns ``(x - max, sum exp(x - max), max, log sum exp(x - max))`` (keepdims).
+
+  The log-softmax is ``(x - max) - log_z``: the maximum and :math:`\log Z` are kept
+  apart, since ``max + log_z`` rounds at large logits (an ulp of 1e4 is 1e-3).
+  """
+  m = jnp.max(x, axis=-1, keepdims=True)
+  shifted = x - m
+  z = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
+  return shifted, z, m, jnp.log(z)
+
+
+def _log_softmax(x, temperature, norm):
+  """Recomputes the log-softmax of ``x / T`` from saved ``(max, log_z)``."""
+  m, log_z = norm
+  return (x / temperature - m) - log_z
+
+
+def _temperature_cotangent(gs, s, gt, t, temperature):
+  """:math:`\\partial L / \\partial T = -\\frac{1}{T} \\sum (g_s s + g_t t)`.
+
+  Zero cotangents meet ``-inf`` logits (impossible tokens); those terms are 0.
+  """
+  terms = (jnp.where(gs == 0, 0.0, gs * s) + jnp.where(gt == 0, 0.0, gt * t))
+  return -jnp.sum(terms) / temperature
+
+
+def _kl_kernel(log_first_stats: bool):
+  """KL between the two softmaxes; ``log_first_stats`` picks the direction.
+
+  ``_kl_kernel(False)`` is :math:`KL(p \\| q)` (forward), ``True`` is
+  :math:`KL(q \\| p)` (reverse). With ``w`` the weighting side and ``o`` the other,
+  :math:`\\partial KL / \\partial a_w = w \\odot (\\log w - \\log o - KL)` and
+  :math:`\\partial KL / \\partial a_o = o - w`.
+  """
+
+  @jax.custom_vjp
+  def kernel(s, t, temperature):
+    return fwd(s, t, temperature)[0]
+
+  def fwd(s, t, temperature):
+    value, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
+    return value[..., 0], (s, t, temperature, norm_a, norm_b, value)
+
+  def fwd_rows(s, t, temperature):
+    a, b = s / temperature, t / temperature
+    sa, za, ma, log_za = _log_normalizer(a)
+    sb, zb, mb, log_zb = _log_normalizer(b)
+    if log_first_stats:  # weights q, difference log q - log p.
+      e, diff, z_w, z_o = jnp.exp(sa), sa - sb, za, zb
+    else:
+      e, diff, z_w, z_o = jnp.exp(sb), sb - sa, zb, za
+    cross = jnp.sum(jnp.where(e > 0, e * diff, 0.0), axis=-1, keepdims=True)
+    value = cross / z_w - jnp.log(z_w) + jnp.log(z_o)
+    return value, (ma, log_za), (mb, log_zb)
+
+  def bwd(res, g):
+    s, t, temperature, norm_a, norm_b, value = res
+    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, value,
+                      g[..., None])
+    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+  def bwd_rows(s, t, norm_a, norm_b, value, g, temperature):
+    g = g / temperature
+    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    if log_first_stats:
+      gs = g * jnp.where(q > 0, q * (log_q - log_p - value), 0.0)
+      gt = g * (p - q)
+    else:
+      gs = g * (q - p)
+      gt = g * jnp.where(p > 0, p * (log_p - log_q - value), 0.0)
+    return gs, gt
+
+  kernel.defvjp(fwd, bwd)
+  return kernel
+
+
+_forward_kl_kernel = _kl_kernel(False)
+_reverse_kl_kernel = _kl_kernel(True)
+
+
+def _mixture_terms(log_q, log_p, beta):
+  """Per-entry :math:`\\log m` and both KL-to-mixture terms, ``0 log 0 = 0``."""
+  q, p = jnp.exp(log_q), jnp.exp(log_p)
+  m = beta * p + (1.0 - beta) * q
+  log_m = jnp.log(jnp.where(m > 0, m, 1.0))
+  term_p = jnp.where((p > 0) & (m > 0), p * (log_p - log_m), 0.0)
+  term_q = jnp.where((q > 0) & (m > 0), q * (log_q - log_m), 0.0)
+  return q, p, log_m, term_p, term_q
+
+
+@functools.lru_cache(maxsize=None)
+def _jsd_kernel(beta: float):
+  r""":math:`JSD_\beta`; :math:`\partial/\partial a = (1-\beta)\, q \odot (\log q - \log m - KL(q\|m))`
+  and symmetrically :math:`\beta\, p \odot (\log p - \log m - KL(p\|m))` for the teacher.
+  """
+
+  @jax.custom_vjp
+  def kernel(s, t, temperature):
+    return fwd(s, t, temperature)[0]
+
+  def fwd(s, t, temperature):
+    kl_pm, kl_qm, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
+    value = beta * kl_pm + (1.0 - beta) * kl_qm
+    return value[..., 0], (s, t, temperature, norm_a, norm_b, kl_pm, kl_qm)
+
+  def fwd_rows(s, t, temperature):
+    a, b = s / temperature, t / temperature
+    (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
+    _, _, _, term_p, term_q = _mixture_terms(sa - log_za, sb - log_zb, beta)
+    kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
+    kl_qm = jnp.sum(term_q, axis=-1, keepdims=True)
+    return kl_pm, kl_qm, (ma, log_za), (mb, log_zb)
+
+  def bwd(res, g):
+    s, t, temperature, norm_a, norm_b, kl_pm, kl_qm = res
+    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, kl_pm,
+                      kl_qm, g[..., None])
+    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+  def bwd_rows(s, t, norm_a, norm_b, kl_pm, kl_qm, g, temperature):
+    g = g / temperature
+    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
+    q, p, log_m, _, _ = _mixture_terms(log_q, log_p, beta)
+    gs = g * (1.0 - beta) * jnp.where(q > 0, q * (log_q - log_m - kl_qm), 0.0)
+    gt = g * beta * jnp.where(p > 0, p * (log_p - log_m - kl_pm), 0.0)
+    return gs, gt
+
+  kernel.defvjp(fwd, bwd)
+  return kernel
+
+
+@jax.custom_vjp
+def _tv_kernel(s, t, temperature):
+  r""":math:`TV`; with :math:`u = \tfrac12 \mathrm{sign}(q - p)`,
+  :math:`\partial/\partial a = q \odot (u - \sum q u)`, and the mirror for the teacher.
+  """
+  return _tv_fwd(s, t, temperature)[0]
+
+
+def _tv_fwd(s, t, temperature):
+  value, norm_a, norm_b, q_sign, p_sign = _blocked(
+      lambda s, t: _tv_fwd_rows(s, t, temperature), s, t)
+  return value[..., 0], (s, t, temperature, norm_a, norm_b, q_sign, p_sign)
+
+
+def _tv_fwd_rows(s, t, temperature):
+  a, b = s / temperature, t / temperature
+  (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
+  q, p = jnp.exp(sa - log_za), jnp.exp(sb - log_zb)
+  sign = jnp.sign(q - p)
+  value = 0.5 * jnp.sum(jnp.abs(q - p), axis=-1, keepdims=True)
+  q_sign = jnp.sum(q * sign, axis=-1, keepdims=True)
+  p_sign = jnp.sum(p * sign, axis=-1, keepdims=True)
+  return value, (ma, log_za), (mb, log_zb), q_sign, p_sign
+
+
+def _tv_bwd(res, g):
+  s, t, temperature, norm_a, norm_b, q_sign, p_sign = res
+  gs, gt = _blocked(lambda *xs: _tv_bwd_rows(*xs, temperature), s, t, norm_a, norm_b,
+                    q_sign, p_sign, g[..., None])
+  return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+
+def _tv_bwd_rows(s, t, norm_a, norm_b, q_sign, p_sign, g, temperature):
+  g = 0.5 * g / temperature
+  q = jnp.exp(_log_softmax(s, temperature, norm_a))
+  p = jnp.exp(_log_softmax(t, temperature, norm_b))
+  sign = jnp.sign(q - p)
+  gs = g * q * (sign - q_sign)
+  gt = g * p * (p_sign - sign)
+  return gs, gt
+
+
+_tv_kernel.defvjp(_tv_fwd, _tv_bwd)
+
+
+BLOCK_ELEMENTS = 1 << 18
+"""Work-block size (elements) of the fused kernels: rows of the flattened
+``[N, V]`` logits are processed in blocks of about this many elements, so every
+intermediate stays in cache and only the inputs and the gradient touch memory."""
+
+
+def _row_block(rows: int, vocab: int) -> int:
+  """The largest divisor of ``rows`` with ``block * vocab <= BLOCK_ELEMENTS``."""
+  if rows * vocab <= BLOCK_ELEMENTS:
+    return rows
+  target = max(1, BLOCK_ELEMENTS // vocab)
+  return next(b for b in range(min(target, rows), 0, -1) if rows % b == 0)
+
+
+def _blocked(fn, *arrays):
+  """``fn`` over row blocks of ``[N, ...]`` array pytrees (``lax.map``), re-joined."""
+  rows, vocab = arrays[0].shape
+  block = _row_block(rows, vocab)
+  if block == rows:
+    return fn(*arrays)
+  split = jax.tree.map(lambda x: x.reshape((rows // block, block) + x.shape[1:]), arrays)
+  out = jax.lax.map(lambda xs: fn(*xs), split)
+  return jax.tree.map(lambda y: y.reshape((rows,) + y.shape[2:]), out)
+
+
+def _fast_dense(kernel, student_logits, teacher_logits, temperature, where):
+  """Runs a fused kernel on validated, masked, float32 (or wider) logits.
+
+  The dtype casts and the ``where`` selection stay outside the kernel, so their
+  autodiff rules give gradients in the input dtype and exact zeros for masked tokens.
+  """
+  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
+  temperature = jnp.asarray(temperature, s.dtype)
+  shape = s.shape
+  s, t = s.reshape(-1, shape[-1]), t.reshape(-1, shape[-1])
+  return _finish(kernel(s, t, temperature).reshape(shape[:-1]), where)
+
+
+def _is_sparse(teacher) -> bool:
+  return isinstance(teacher, sparse_lib.SparseTeacher)
+
 # ---------------------------------------------------------------------------
 # Divergences.
 # ---------------------------------------------------------------------------
@@ -164,7 +437,11 @@ def forward_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   Returns:
     ``[...]`` float32 per-token divergence.
   """
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_forward_kl_kernel, student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="forward_kl")
   return _finish(_kl(log_p, log_q), where)
 
 
@@ -180,7 +457,11 @@ def reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
 
   Args and returns as :func:`forward_kl`.
   """
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_reverse_kl_kernel, student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="reverse_kl")
   return _finish(_kl(log_q, log_p), where)
 
 
@@ -206,7 +487,11 @@ def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
   beta = _check_static(
       "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
       hint="; for the endpoints use sad_jax.divergences.forward_kl or reverse_kl")
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="generalized_jsd")
   value = (beta * _kl_to_mixture(log_p, log_q, beta)
            + (1.0 - beta) * _kl_to_mixture(log_q, log_p, 1.0 - beta))
   return _finish(value, where)
@@ -228,7 +513,8 @@ def symmetric_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   ratio = _check_static("ratio", ratio, "symmetric_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="symmetric_kl")
   value = (1.0 - ratio) * _kl(log_p, log_q) + ratio * _kl(log_q, log_p)
   return _finish(value, where)
 
@@ -250,7 +536,8 @@ def skew_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   alpha = _check_static("alpha", alpha, "skew_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="skew_kl")
   return _finish(_kl_to_mixture(log_p, log_q, alpha), where)
 
 
@@ -269,7 +556,8 @@ def skew_reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   alpha = _check_static("alpha", alpha, "skew_reverse_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="skew_reverse_kl")
   return _finish(_kl_to_mixture(log_q, log_p, alpha), where)
 
 
@@ -302,7 +590,8 @@ def alpha_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   alpha = _check_static("alpha", alpha, "alpha_divergence", -math.inf, math.inf,
                         lo_open=True, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="alpha_divergence")
   if alpha >= 0.5:  # sum_i p_i^a q_i^(1-a) = sum_i p_i exp((a-1)(log p_i - log q_i))
     log_w, log_other, c, scale = log_p, log_q, alpha - 1.0, alpha
   else:  # = sum_i q_i exp(a (log p_i - log q_i))
@@ -352,7 +641,8 @@ def alpha_beta_divergence(student_logits: chex.Array, teacher_logits: chex.Array
                         lo_open=True, hi_open=True)
   beta = _check_static("beta", beta, "alpha_beta_divergence", -math.inf, math.inf,
                        lo_open=True, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="alpha_beta_divergence")
   a, b = alpha, beta
   # Entries where both distributions are zero contribute nothing; elsewhere use
   # log-probabilities with those entries replaced by 0 so no inf - inf appears.
@@ -411,7 +701,10 @@ def total_variation(student_logits: chex.Array, teacher_logits: chex.Array, *,
 
   Args and returns as :func:`forward_kl`.
   """
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_tv_kernel, student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="total_variation")
   value = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
   return _finish(value, where)
 
@@ -434,7 +727,8 @@ def wasserstein(student_logits: chex.Array, teacher_logits: chex.Array, *,
     top_k: if given, only the ``top_k`` largest entries of each side are compared.
     Other args and returns as :func:`forward_kl`.
   """
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="wasserstein")
   vocab = log_q.shape[-1]
   if top_k is None:
     p_sorted = -jnp.sort(-jnp.exp(log_p), axis=-1)
@@ -472,7 +766,8 @@ def adaptive_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   mu = _check_static("mu", mu, "adaptive_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="adaptive_kl")
   p, q = jnp.exp(log_p), jnp.exp(log_q)
   order = jnp.argsort(p, axis=-1)
   gap_sorted = jnp.take_along_axis(jnp.abs(p - q), order, axis=-1)
@@ -504,7 +799,8 @@ def focal_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   gamma = _check_static("gamma", gamma, "focal_kl", 0.0, math.inf, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="focal_kl")
   top = jnp.argmax(log_p, axis=-1)[..., None]
   q_top = jnp.exp(jnp.take_along_axis(log_q, top, axis=-1)[..., 0])
   factor = jax.lax.stop_gradient(jnp.power(1.0 - q_top, gamma))
@@ -521,6 +817,12 @@ DIVERGENCES: dict[str, Divergence] = {
         skew_reverse_kl, alpha_divergence, alpha_beta_divergence,
         total_variation, wasserstein, adaptive_kl, focal_kl)
 }
+
+
+SPARSE_DIVERGENCES: tuple[str, ...] = (
+    "forward_kl", "reverse_kl", "generalized_jsd", "symmetric_kl", "skew_kl",
+    "skew_reverse_kl", "alpha_divergence", "total_variation")
+"""The divergences that accept a :class:`~sad_jax.sparse.SparseTeacher` (f-divergences)."""
 
 
 def get_divergence(name: str) -> Divergence:

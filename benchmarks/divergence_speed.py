@@ -1,0 +1,102 @@
+r"""Loss + gradient time of the per-token divergences: naive optax vs sad_jax.
+
+For each divergence and size it times, in one process and interleaved so that a
+loaded machine slows every variant alike:
+
+* ``naive``: the optax / ``jax.nn`` composition under ``jax.value_and_grad``
+  (for ``forward_kl``: ``optax.kl_divergence(log_softmax(s/T), softmax(t/T))``);
+* ``sad_jax``: the public :mod:`sad_jax.divergences` function (fused custom VJP);
+* ``a + b``: one elementwise pass over the same two arrays, the memory-bound floor.
+
+Each entry is the median over ``--repeats`` rounds of the mean of ``--inner`` calls.
+
+Usage::
+
+  python benchmarks/divergence_speed.py                       # issue sizes
+  python benchmarks/divergence_speed.py --sizes 2048x32000 --divergences forward_kl
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sad_jax import divergences as D
+
+T = 2.0
+
+
+def _naive(name):
+  def loss(s, t):
+    log_q, q = jax.nn.log_softmax(s / T), jax.nn.softmax(s / T)
+    log_p, p = jax.nn.log_softmax(t / T), jax.nn.softmax(t / T)
+    if name == "forward_kl":
+      return optax.kl_divergence(log_q, p).sum()
+    if name == "reverse_kl":
+      return optax.kl_divergence(log_p, q).sum()
+    if name == "generalized_jsd":
+      log_m = jnp.log(0.5 * p + 0.5 * q)
+      return (0.5 * optax.kl_divergence(log_m, p) + 0.5 * optax.kl_divergence(log_m, q)).sum()
+    if name == "total_variation":
+      return 0.5 * jnp.abs(p - q).sum()
+    raise ValueError(name)
+  return loss
+
+
+def _fast(name):
+  fn = D.get_divergence(name)
+  return lambda s, t: fn(s, t, temperature=T).sum()
+
+
+def _time(fn, args, inner):
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  for _ in range(inner):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / inner
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", default="2048x32000,1024x151936",
+                      help="comma-separated NxV token-by-vocab sizes")
+  parser.add_argument("--divergences",
+                      default="forward_kl,reverse_kl,generalized_jsd,total_variation")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--inner", type=int, default=3)
+  args = parser.parse_args()
+
+  print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; T={T}; "
+        f"median of {args.repeats} x mean of {args.inner} calls")
+  print(f"{'divergence':<16} {'N':>6} {'V':>7} {'naive ms':>9} {'sad ms':>8} "
+        f"{'a+b ms':>7} {'speedup':>8} {'sad/(a+b)':>10} {'sad Mtok/s':>10}")
+  for size in args.sizes.split(","):
+    n, v = (int(x) for x in size.split("x"))
+    ks, kt = jax.random.split(jax.random.key(0))
+    s = jax.random.normal(ks, (n, v), jnp.float32) * 3
+    t = jax.random.normal(kt, (n, v), jnp.float32) * 3
+    add = jax.jit(lambda a, b: a + b)
+    for name in args.divergences.split(","):
+      naive = jax.jit(jax.value_and_grad(_naive(name)))
+      fast = jax.jit(jax.value_and_grad(_fast(name)))
+      times = {"naive": [], "sad": [], "add": []}
+      for _ in range(args.repeats):
+        times["naive"].append(_time(naive, (s, t), args.inner))
+        times["sad"].append(_time(fast, (s, t), args.inner))
+        times["add"].append(_time(add, (s, t), args.inner))
+      med = {k: statistics.median(x) * 1e3 for k, x in times.items()}
+      print(f"{name:<16} {n:>6} {v:>7} {med['naive']:>9.1f} {med['sad']:>8.1f} "
+            f"{med['add']:>7.1f} {med['naive'] / med['sad']:>7.2f}x "
+            f"{med['sad'] / med['add']:>9.2f}x {n / med['sad'] / 1e3:>10.3f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
