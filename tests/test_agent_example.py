@@ -127,3 +127,126 @@ def test_rollout_loop_with_a_scripted_policy():
   assert policy.fed[0][1] == calc.observation_text("6")
   assert eps[0].text == (calc.prompt_text(tasks[0]) + calc.tool_call_text("2 * 3") + "<|im_end|>"
                          + calc.observation_text("6") + "The answer is 6.<|im_end|>")
+
+
+# ------------------------------------------------------------ models, pipeline
+
+
+def _tiny_lm(vocab_size, seed=0):
+  from examples import agent_lm as lm
+  return lm.create_model(lm.ModelConfig(vocab_size=vocab_size, d_model=16, num_layers=1,
+                                        num_heads=2, d_ff=32, max_len=256), seed)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  from examples import agent_lm as lm
+  tasks = calc.generate_tasks("train", 300, seed=0)
+  return lm.train_tokenizer([calc.expert_trajectory(t) for t in tasks])
+
+
+def test_tokenizer_round_trip_and_agent_span_ids(tokenizer):
+  from examples import agent_lm as lm
+  task = calc.generate_tasks("test", 1, seed=5)[0]
+  text = calc.expert_trajectory(task)
+  enc = lm.encode_trajectory(text, tokenizer)
+  assert tokenizer.decode(enc.ids.tolist(), skip_special_tokens=False) == text
+  im_end = tokenizer.token_to_id("<|im_end|>")
+  ends = enc.span_ids[enc.ids == im_end]
+  # Closing an assistant turn is an action; closing system/user/tool turns is glue.
+  assert list(ends).count(SpanType.ACTION) == len(task.ops) + 1
+  assert set(ends) == {SpanType.ACTION, SpanType.OTHER}
+  # Unseen numbers are no unseen tokens: one token per digit.
+  digits = [tokenizer.id_to_token(int(i)) for i in enc.ids if tokenizer.id_to_token(int(i)).isdigit()]
+  assert all(len(d) == 1 for d in digits)
+
+
+def test_kv_cache_decode_matches_full_forward(tokenizer):
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from examples import agent_lm as lm
+  graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
+  ids = lm.encode_trajectory(calc.expert_trajectory(calc.Task((3, 4), ("+",))), tokenizer).ids
+  tokens = jnp.asarray(np.stack([ids, ids[::-1]]))
+  full = lm.make_apply(graphdef)(params, tokens)
+  model = nnx.merge(graphdef, params)
+  cache = model.init_cache(2)
+  steps = []
+  for t in range(tokens.shape[1]):
+    logits, cache = model.decode(tokens[:, t], jnp.full((2,), t), cache)
+    steps.append(logits)
+  np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
+
+
+def test_model_policy_runs_episodes_in_a_batch(tokenizer):
+  from examples import agent_lm as lm
+  graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
+  tasks = calc.generate_tasks("test", 5, seed=0)
+  policy = lm.ModelPolicy(graphdef, params, tokenizer, batch_size=3, max_turn_tokens=8)
+  episodes = lm.evaluate_policy(lambda: policy, tasks, batch_size=3, max_turns=3)
+  assert [e.task for e in episodes] == tasks
+  for e in episodes:
+    assert e.text.startswith(calc.prompt_text(e.task)) and 1 <= e.turns <= 3
+  assert policy.tokens_generated > 0
+
+
+def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
+  import jax
+  import numpy as np
+  from examples import agent_lm as lm
+  from examples import distill_agent as da
+  from sad_jax import train
+  cfg = da.ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
+  examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
+              for t in calc.generate_tasks("train", 16, seed=0)]
+  batches = da.Batches(examples, [208], batch_size=4, seed=0)
+  graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
+  run_cfg = da.ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, steps=8))
+  tx = da.optimizer(run_cfg)
+  step = da.make_ce_step(lm.make_apply(graphdef), tx)
+  fresh = lambda: train.init_train_state(params, tx, {})
+  no_eval = lambda p: {}
+
+  calls = {"n": 0}
+
+  def interrupting_step(state, batch):
+    calls["n"] += 1
+    if calls["n"] == 6:
+      raise KeyboardInterrupt
+    return step(state, batch)
+
+  with pytest.raises(KeyboardInterrupt):
+    da.run_training("t", tmp_path / "a", fresh(), interrupting_step, batches, 8, cfg, 4, no_eval)
+  assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["3", "5"]
+  resumed = da.run_training("t", tmp_path / "a", fresh(), step, batches, 8, cfg, 4, no_eval)
+  straight = da.run_training("t", tmp_path / "b", fresh(), step, batches, 8, cfg, 4, no_eval)
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
+  log = da.read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  assert [(r["kind"], r["step"]) for r in log] == [
+      ("train", 2), ("train", 4), ("eval", 4), ("train", 6), ("train", 8), ("eval", 8)]
+
+
+def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
+  from examples import distill_agent as da
+  from configs import agent_distill
+  cfg = agent_distill.get_config("smoke")
+  summary = da.run(cfg, tmp_path)
+  for name in ("summary.json", "summary.md", "tokenizer.json", "distill_data.jsonl",
+               "loss_per_span.png", "success_curves.png", "success.png",
+               "teacher/result.json", "teacher/metrics.jsonl"):
+    assert (tmp_path / name).is_file(), name
+  assert set(summary["methods"]) == {"sft", "sad"}
+  assert summary["teacher"]["params"] >= 4 * summary["student_params"]
+  for run in summary["runs"]:
+    assert 0.0 <= run["success"] <= 1.0 and run["num_tasks"] == cfg.num_eval_tasks
+    assert run["kl/reasoning"] > 0 and run["kl/action"] > 0
+  sad_log = da.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
+  assert any("loss/reasoning" in r and "loss/action" in r for r in sad_log if r["kind"] == "train")
+  table = (tmp_path / "summary.md").read_text()
+  assert "| sad | 1 |" in table and "| sft | 1 |" in table
+  # A second invocation finds every phase done and only rewrites the report.
+  mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")}
+  again = da.run(cfg, tmp_path)
+  assert again["runs"] == summary["runs"]
+  assert {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")} == mtimes

@@ -1,0 +1,294 @@
+"""The agent language models of the example: tokenizer, transformer, KV-cache rollouts.
+
+* :func:`train_tokenizer`: a byte-level BPE (``tokenizers``) trained on the
+  generated ChatML corpus, with the ChatML / tool tags as special tokens and one
+  token per digit (numbers are copied digit by digit, so unseen numbers are no
+  unseen tokens).
+* :class:`Transformer`: a Flax NNX decoder-only transformer (pre-LayerNorm,
+  ReLU MLP, learned positions, tied input/output embeddings) with a full-sequence
+  ``__call__`` for training and a one-token ``decode`` step over a KV cache.
+* :class:`ModelPolicy`: a batched greedy agent policy for
+  :func:`examples.agent_env.rollout`; every episode keeps its own KV cache, so a
+  turn only processes the new tokens (the observation) instead of the prefix.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from sad_jax import trajectories as tj
+from sad_jax.spans import SpanType
+
+PAD = "<pad>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (PAD, "<|im_start|>", IM_END, "<think>", "</think>", "<tool_call>",
+                  "</tool_call>", "<tool_response>", "</tool_response>")
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Tokenizer:
+  """Trains a byte-level BPE on ``corpus``.
+
+  Digits are split one per token before the byte-level step; no regex split,
+  so frequent template text (``{"name": "calculator", ...``) merges into few
+  tokens. ``<pad>`` has id 0. Encoding then decoding gives the text back exactly.
+  """
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Digits(individual_digits=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                show_progress=False)
+  tok.train_from_iterator(corpus, trainer)
+  return tok
+
+
+def encode_trajectory(text: str, tokenizer: Tokenizer, *, strict: bool = True) -> tj.Tokenized:
+  """Tokenizes a ChatML trajectory with ``sad_jax`` span ids (per input token).
+
+  Segmentation is ``sad_jax.trajectories.segment(format="chatml", strict=strict)``
+  (``strict=False`` for model-written text, which may be malformed). One change:
+  the ``<|im_end|>`` closing an assistant turn (``OTHER`` glue for the
+  segmenter) becomes ``ACTION``: emitting it is the agent's decision to end its
+  turn, and a model that is never trained on it never stops talking.
+  """
+  tok = tj.tokenize(tj.segment(text, format="chatml", strict=strict), tokenizer)
+  span_ids = tok.span_ids.copy()
+  im_end = tokenizer.token_to_id(IM_END)
+  ends = np.flatnonzero(tok.ids[1:] == im_end) + 1
+  agent = np.isin(span_ids[ends - 1], (SpanType.REASONING, SpanType.ACTION))
+  span_ids[ends[agent]] = int(SpanType.ACTION)
+  return tok._replace(span_ids=span_ids)
+
+
+# ---------------------------------------------------------------- transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Transformer shape: vocabulary, width, depth, heads, MLP width, max length."""
+  vocab_size: int
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  d_ff: int = 512
+  max_len: int = 256
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm attention + ReLU MLP block."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d = cfg.d_model
+    self.num_heads = cfg.num_heads
+    self.ln1 = nnx.LayerNorm(d, rngs=rngs)
+    self.qkv = nnx.Linear(d, 3 * d, rngs=rngs)
+    self.out = nnx.Linear(d, d, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(d, rngs=rngs)
+    self.fc1 = nnx.Linear(d, cfg.d_ff, rngs=rngs)
+    self.fc2 = nnx.Linear(cfg.d_ff, d, rngs=rngs)
+
+  def _heads(self, x):
+    """``[..., 3d]`` -> q, k, v each ``[..., H, d/H]``."""
+    q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+    shape = x.shape[:-1] + (self.num_heads, -1)
+    return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+
+  def _mlp(self, x):
+    return x + self.fc2(jax.nn.relu(self.fc1(self.ln2(x))))
+
+  def __call__(self, x):
+    """``x [B, T, d]`` -> ``[B, T, d]`` with causal self-attention."""
+    q, k, v = self._heads(x)
+    t = x.shape[1]
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    scores = jnp.where(causal, scores, -1e9)
+    attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+    x = x + self.out(attn.reshape(x.shape))
+    return self._mlp(x)
+
+  def decode(self, x, pos, k_cache, v_cache):
+    """One token per row: ``x [B, d]`` at positions ``pos [B]``; caches ``[B, S, H, d/H]``."""
+    q, k, v = self._heads(x)
+    rows = jnp.arange(x.shape[0])
+    k_cache = k_cache.at[rows, pos].set(k)
+    v_cache = v_cache.at[rows, pos].set(v)
+    scores = jnp.einsum("bhd,bshd->bhs", q, k_cache) / np.sqrt(q.shape[-1])
+    valid = jnp.arange(k_cache.shape[1])[None, :] <= pos[:, None]
+    scores = jnp.where(valid[:, None, :], scores, -1e9)
+    attn = jnp.einsum("bhs,bshd->bhd", jax.nn.softmax(scores, axis=-1), v_cache)
+    x = x + self.out(attn.reshape(x.shape))
+    return self._mlp(x), k_cache, v_cache
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer LM with tied embeddings."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs)
+    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.max_len, cfg.d_model)))
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+
+  def __call__(self, tokens):
+    """``tokens [B, T]`` int (``T <= max_len``) -> logits ``[B, T, V]`` float32."""
+    if tokens.shape[1] > self.cfg.max_len:
+      raise ValueError(f"sequence length {tokens.shape[1]} > max_len {self.cfg.max_len}")
+    x = self.embed(tokens) + self.pos[:tokens.shape[1]]
+    for block in self.blocks:
+      x = block(x)
+    return self.embed.attend(self.ln_f(x))
+
+  def init_cache(self, batch: int) -> dict[str, jax.Array]:
+    """Zero KV cache: ``k``, ``v`` of shape ``[L, B, max_len, H, d/H]``."""
+    c = self.cfg
+    shape = (c.num_layers, batch, c.max_len, c.num_heads, c.d_model // c.num_heads)
+    return {"k": jnp.zeros(shape, jnp.float32), "v": jnp.zeros(shape, jnp.float32)}
+
+  def decode(self, tokens, pos, cache):
+    """One decoding step: ``tokens [B]`` at ``pos [B]`` -> (logits ``[B, V]``, new cache)."""
+    x = self.embed(tokens) + self.pos[pos]
+    ks, vs = [], []
+    for i, block in enumerate(self.blocks):
+      x, k, v = block.decode(x, pos, cache["k"][i], cache["v"][i])
+      ks.append(k)
+      vs.append(v)
+    return self.embed.attend(self.ln_f(x)), {"k": jnp.stack(ks), "v": jnp.stack(vs)}
+
+
+def create_model(cfg: ModelConfig, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
+  """Initializes a :class:`Transformer`; returns ``(graphdef, params)``."""
+  return nnx.split(Transformer(cfg, nnx.Rngs(seed)))
+
+
+def count_params(params: nnx.State) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def make_apply(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
+  """A pure ``apply(params, tokens [B, T]) -> logits [B, T, V]`` (not jitted)."""
+  def apply(params, tokens):
+    return nnx.merge(graphdef, params)(tokens)
+  return apply
+
+
+def make_decode_step(graphdef: nnx.GraphDef):
+  """Jitted greedy step ``(params, cache, tokens [B], pos [B]) -> (next ids [B], cache)``."""
+  @jax.jit
+  def step(params, cache, tokens, pos):
+    logits, cache = nnx.merge(graphdef, params).decode(tokens, pos, cache)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+  return step
+
+
+# -------------------------------------------------------------------- policy
+
+
+class ModelPolicy:
+  """Greedy batched agent policy over a KV cache (see :mod:`examples.agent_env.loop`).
+
+  Every step feeds one token per episode: the next token of the text the
+  environment appended (prompt or observation) while there is one, else the
+  token the model just generated. Episodes that wait (turn over, or the batch
+  has fewer episodes than ``batch_size``) idle without advancing. A turn ends at
+  ``<|im_end|>``, after ``max_turn_tokens`` tokens, or when the cache is full; an
+  episode whose next observation does not fit gets an empty turn (which ends it
+  as a failure in the environment).
+
+  Args:
+    graphdef, params: the model (``nnx.split``).
+    tokenizer: its tokenizer.
+    batch_size: the cache's batch size (episodes per rollout at most).
+    max_turn_tokens: generation limit per turn.
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, *,
+               batch_size: int, max_turn_tokens: int = 64, step_fn=None):
+    self._model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
+    self._graphdef, self._params, self._tok = graphdef, params, tokenizer
+    self._step = step_fn or make_decode_step(graphdef)
+    self._batch = batch_size
+    self._max_turn = max_turn_tokens
+    self._im_end = tokenizer.token_to_id(IM_END)
+    self._cache = None
+    self._pos = np.zeros(batch_size, np.int32)
+    self._carry: list[list[int]] = []
+    self.tokens_generated = 0
+
+  def begin(self, n: int) -> None:
+    if n > self._batch:
+      raise ValueError(f"{n} episodes > batch_size {self._batch}")
+    self._cache = nnx.merge(self._graphdef, self._params).init_cache(self._batch)
+    self._pos[:] = 0
+    self._carry = [[] for _ in range(n)]
+
+  def act(self, feeds: dict[int, str]) -> dict[int, str]:
+    max_len = self._model_cfg.max_len
+    pending = {}
+    out: dict[int, str] = {}
+    for i, text in feeds.items():
+      ids = self._carry[i] + self._tok.encode(text).ids
+      if self._pos[i] + len(ids) >= max_len:
+        out[i] = ""  # the context is full: no room for the observation
+      else:
+        pending[i] = collections.deque(ids)
+    generated = {i: [] for i in pending}
+    running = set(pending)
+    tokens = np.zeros(self._batch, np.int32)
+    while running:
+      for i in running:
+        if pending[i]:
+          tokens[i] = pending[i].popleft()
+        else:
+          tokens[i] = generated[i][-1]
+      next_ids, self._cache = self._step(self._params, self._cache, jnp.asarray(tokens),
+                                         jnp.asarray(self._pos))
+      next_ids = np.asarray(next_ids)
+      for i in list(running):
+        self._pos[i] += 1
+        if pending[i]:
+          continue
+        y = int(next_ids[i])
+        if y == self._im_end:
+          running.discard(i)
+          self._carry[i] = [self._im_end]
+        else:
+          generated[i].append(y)
+          if len(generated[i]) >= self._max_turn or self._pos[i] >= max_len - 1:
+            running.discard(i)  # cut: the last generated token is not in the cache yet
+            self._carry[i] = [y, self._im_end]
+    for i, ids in generated.items():
+      self.tokens_generated += len(ids)
+      out[i] = self._tok.decode(ids, skip_special_tokens=False) + IM_END
+    return out
+
+
+def evaluate_policy(make_policy: Callable[[], object], tasks: Sequence, *, batch_size: int,
+                    max_turns: int = 6, progress=None):
+  """Rolls out ``tasks`` in chunks of ``batch_size``; returns the episodes in order."""
+  from examples.agent_env import rollout  # pylint: disable=g-import-not-at-top
+  policy = make_policy()
+  episodes = []
+  for start in range(0, len(tasks), batch_size):
+    chunk = tasks[start:start + batch_size]
+    episodes += rollout(policy, chunk, max_turns=max_turns)
+    if progress is not None:
+      progress.update(len(chunk))
+  return episodes
