@@ -250,3 +250,15 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   again = da.run(cfg, tmp_path)
   assert again["runs"] == summary["runs"]
   assert {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")} == mtimes
+
+
+@pytest.mark.slow
+def test_command_line_with_config_overrides(tmp_path):
+  import subprocess
+  cmd = [sys.executable, str(ROOT / "examples" / "distill_agent.py"),
+         f"--config={ROOT / 'configs' / 'agent_distill.py'}:smoke", f"--workdir={tmp_path}",
+         "--config.methods=sft,token_kd", "--config.student.steps=10"]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1200)
+  assert "| token_kd | 1 |" in out.stdout
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["student_steps"] == 10 and set(summary["methods"]) == {"sft", "token_kd"}
