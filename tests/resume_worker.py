@@ -3,13 +3,16 @@
 Usage::
 
   python tests/resume_worker.py --dir CKPT --steps N [--out FINAL.npz] [--pause-after K]
+                                [--reference-out REF.npz]
 
 Resumes from the latest checkpoint in ``CKPT`` if there is one, trains to step
 ``N`` on a (data=2, fsdp=2, model=2) mesh with the vocab-parallel loss, saving
 every 3 steps (asynchronously), and writes every leaf of the final train state to
 ``FINAL.npz``. With ``--pause-after K`` it prints ``paused`` after step ``K`` (its
-save just started) and sleeps until killed. Batches are a pure function of the
-data position, which the checkpoint carries.
+save just started) and sleeps until killed. With ``--reference-out`` it then also
+trains from scratch to step ``N`` without checkpoints or interruption (same
+compiled step) and writes that state to ``REF.npz``. Batches are a pure function
+of the data position, which the checkpoint carries.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, required=True)
   parser.add_argument("--out")
   parser.add_argument("--pause-after", type=int)
+  parser.add_argument("--reference-out")
   args = parser.parse_args()
 
   cfg = train.resolve_config({
@@ -50,9 +54,9 @@ def main() -> None:
       "checkpoint": {"directory": args.dir, "every_steps": 3, "keep": 2, "async_save": True}})
   mesh = sharding.make_mesh(cfg.mesh)
   tx = train.make_optimizer(cfg.optimizer)
-  state = train.init_train_state(tiny_lm.init(jax.random.key(1)), tx, cfg)
-  state_sh = sharding.tree_shardings(state, mesh, cfg.partition_rules)
-  state = jax.device_put(state, state_sh)
+  initial = train.init_train_state(tiny_lm.init(jax.random.key(1)), tx, cfg)
+  state_sh = sharding.tree_shardings(initial, mesh, cfg.partition_rules)
+  state = jax.device_put(initial, state_sh)
 
   def next_batch(position: int):
     return tiny_lm.make_batch(jax.random.fold_in(jax.random.key(123), position))
@@ -76,8 +80,17 @@ def main() -> None:
         time.sleep(1)
   ckpt.close()
   if args.out:
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state))
-    np.savez(args.out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
+    _dump(args.out, state)
+  if args.reference_out:
+    state = jax.device_put(initial, state_sh)
+    for position in range(args.steps):
+      state, _ = step(state, jax.device_put(next_batch(position), batch_sh))
+    _dump(args.reference_out, state)
+
+
+def _dump(path: str, state) -> None:
+  leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state))
+  np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
 
 
 if __name__ == "__main__":

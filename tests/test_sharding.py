@@ -137,11 +137,13 @@ def test_vocab_parallel_divergences_under_pmap():
         for name in sharding.VOCAB_PARALLEL_DIVERGENCES}
 
   out = jax.pmap(all_divergences, axis_name="v")(_vocab_slices(s, n), _vocab_slices(t, n))
+  refs = jax.jit(lambda s, t: {
+      name: divergences.get_divergence(name)(s, t, temperature=1.7, where=where,
+                                             **params.get(name, {}))
+      for name in sharding.VOCAB_PARALLEL_DIVERGENCES})(s, t)
   for name, value in out.items():
-    ref = divergences.get_divergence(name)(s, t, temperature=1.7, where=where,
-                                           **params.get(name, {}))
     for shard in range(n):  # every shard holds the same, full value
-      np.testing.assert_allclose(value[shard], ref, rtol=1e-5, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(value[shard], refs[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_vocab_parallel_sad_loss_under_pmap_matches_sad_loss():
@@ -163,7 +165,7 @@ def test_vocab_parallel_sad_loss_under_pmap_matches_sad_loss():
     # pmap differentiates the sum of the devices' outputs; each holds the full loss.
     return loss / n, (loss, aux)
 
-  (loss0, (m0, st0)), g0 = jax.value_and_grad(dense, has_aux=True)(s)
+  (loss0, (m0, st0)), g0 = jax.jit(jax.value_and_grad(dense, has_aux=True))(s)
   (_, (loss1, (m1, st1))), g1 = jax.pmap(jax.value_and_grad(parallel, has_aux=True),
                                     axis_name="v")(_vocab_slices(s, n),
                                                    _vocab_slices(batch["teacher"], n))
