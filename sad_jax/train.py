@@ -66,7 +66,8 @@ def default_config() -> ml_collections.ConfigDict:
 
   * ``objective``: the SAD objective (:func:`sad_jax.config.default_config`).
   * ``optimizer``: ``name`` (one of :data:`OPTIMIZERS`), ``learning_rate``,
-    ``b1``/``b2``/``eps``, ``weight_decay``, ``grad_clip_norm`` (0 turns clipping
+    ``b1``/``b2``/``eps`` (``sgd`` uses ``b1`` as its momentum; 0 for none),
+    ``weight_decay``, ``grad_clip_norm`` (0 turns clipping
     off), ``warmup_steps`` and ``decay_steps`` (a warmup-cosine schedule when
     ``decay_steps > 0``, else constant after warmup).
   * ``accumulation_steps``: micro-batches per optimizer step.
