@@ -30,8 +30,8 @@ import jax.numpy as jnp
 
 from sad_jax import divergences
 
-CHUNK_ELEMENTS = 1 << 25
-"""Default chunk: about this many logits (128 MiB in float32) per ``[chunk, V]`` block."""
+CHUNK_ELEMENTS = 1 << 23
+"""Default chunk: about this many logits (32 MiB in float32) per ``[chunk, V]`` block."""
 
 
 def default_chunk_size(num_tokens: int, vocab: int) -> int:

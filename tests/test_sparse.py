@@ -1,0 +1,168 @@
+"""SparseTeacher: K = V equals dense, tail policies vs float64 references, edge cases."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sad_jax import divergences as D
+from sad_jax import sparse as S
+
+POLICIES = sorted(S.TAIL_POLICIES)
+KW = {"generalized_jsd": {"beta": 0.3}, "symmetric_kl": {"ratio": 0.25},
+      "skew_kl": {"alpha": 0.1}, "skew_reverse_kl": {"alpha": 0.1},
+      "alpha_divergence": {"alpha": 1.5}}
+
+
+def _logits(seed, shape=(2, 3, 11)):
+  return (np.random.default_rng(seed).normal(size=shape) * 2).astype(np.float32)
+
+
+def np_log_softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_kl(log_a, log_b):
+  a = np.exp(log_a)
+  with np.errstate(invalid="ignore"):
+    return np.where(a > 0, a * (log_a - log_b), 0.0).sum(-1)
+
+
+@pytest.mark.parametrize("tail", POLICIES)
+@pytest.mark.parametrize("name", D.SPARSE_DIVERGENCES)
+def test_k_equals_v_is_dense(name, tail):
+  s, t = _logits(0), _logits(1)
+  teacher = S.top_k_teacher(t, t.shape[-1], temperature=2.0, tail=tail)
+  fn = D.get_divergence(name)
+  loss = lambda s, teacher: fn(s, teacher, temperature=2.0, **KW.get(name, {}))
+  value, grad = jax.value_and_grad(lambda s: loss(s, teacher).sum())(s)
+  dense, dense_grad = jax.value_and_grad(lambda s: loss(s, t).sum())(s)
+  np.testing.assert_allclose(loss(s, teacher), loss(s, t), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(grad, dense_grad, rtol=2e-4, atol=2e-6)
+
+
+def _np_policy(tail, s, ell, idx, temperature=1.0, t0=1.0):
+  """float64 (log q, log p) on the policy's support, from the formulas."""
+  r = t0 / temperature
+  log_q_full = np_log_softmax(s / temperature)
+  log_q = np.take_along_axis(log_q_full, idx, -1)
+  mask = np.ones(s.shape, bool)
+  np.put_along_axis(mask, idx, False, -1)
+  with np.errstate(divide="ignore"):
+    log_q_tail = np.log(np.where(mask, np.exp(log_q_full), 0).sum(-1, keepdims=True))
+  if tail == "renormalize_both":
+    return np_log_softmax(log_q), np_log_softmax(r * ell)
+  if tail == "renormalize_teacher":
+    return (np.concatenate([log_q, log_q_tail], -1),
+            np.concatenate([np_log_softmax(r * ell), np.full(log_q_tail.shape, -np.inf)], -1))
+  mass = np.maximum(1 - np.exp(ell).sum(-1, keepdims=True), S.TAIL_FLOOR)
+  return (np.concatenate([log_q, log_q_tail], -1),
+          np_log_softmax(r * np.concatenate([ell, np.log(mass)], -1)))
+
+
+@pytest.mark.parametrize("temperature,t0", [(1.0, 1.0), (2.0, 1.0), (1.0, 0.5)])
+@pytest.mark.parametrize("tail", POLICIES)
+def test_policies_match_float64_reference(tail, temperature, t0):
+  """Tolerance 1e-4: the float32 log-probabilities carry ~1e-7 relative rounding."""
+  s, t = _logits(2, (4, 13)), _logits(3, (4, 13))
+  teacher = S.top_k_teacher(t, 5, temperature=t0, tail=tail)
+  ell64 = np.asarray(teacher.logprobs, np.float64)  # the policy, not the rounding of ell
+  log_q, log_p = _np_policy(tail, s, ell64, np.asarray(teacher.indices), temperature, t0)
+  np.testing.assert_allclose(D.forward_kl(s, teacher, temperature=temperature),
+                             np_kl(log_p, log_q), rtol=1e-4, atol=1e-6)
+  jsd_m = np.log(0.3 * np.exp(log_p) + 0.7 * np.exp(log_q))
+  np.testing.assert_allclose(
+      D.generalized_jsd(s, teacher, temperature=temperature, beta=0.3),
+      0.3 * np_kl(log_p, jsd_m) + 0.7 * np_kl(log_q, jsd_m), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(D.total_variation(s, teacher, temperature=temperature),
+                             0.5 * np.abs(np.exp(log_p) - np.exp(log_q)).sum(-1),
+                             rtol=1e-4, atol=1e-6)
+  if tail != "renormalize_teacher":  # there the reverse KL is +inf by definition.
+    np.testing.assert_allclose(D.reverse_kl(s, teacher, temperature=temperature),
+                               np_kl(log_q, log_p), rtol=1e-4, atol=1e-6)
+  else:
+    assert np.all(np.isinf(D.reverse_kl(s, teacher, temperature=temperature)))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+@pytest.mark.parametrize("tail", POLICIES)
+def test_finite_gradients_when_top_k_mass_is_one_minus_1e9(tail, temperature):
+  vocab, k = 12, 4
+  top = np.array([0.0, -0.3, -1.0, -2.0])
+  z_top = np.log(np.exp(top).sum())
+  rest = np.full(vocab - k, z_top + np.log(1e-9 / (vocab - k)))  # tail mass 1e-9
+  t64 = np.concatenate([top, rest])[None]
+  assert abs(np.exp(np_log_softmax(t64))[0, :k].sum() - (1 - 1e-9)) < 1e-12
+  ell = np_log_softmax(t64)[:, :k].astype(np.float32)
+  teacher = S.SparseTeacher(indices=np.arange(k)[None], logprobs=ell, tail=tail,
+                            temperature=2.0)
+  for s in (t64.astype(np.float32), _logits(4, (1, vocab))):  # the student's mass too.
+    for name in D.SPARSE_DIVERGENCES:
+      if tail == "renormalize_teacher" and name in ("reverse_kl", "symmetric_kl"):
+        continue  # +inf by definition (see the module docstring).
+      fn = D.get_divergence(name)
+      loss = lambda s, lp: fn(s, teacher.replace(logprobs=lp), temperature=temperature,
+                              **KW.get(name, {})).sum()
+      value, (gs, gl) = jax.value_and_grad(loss, argnums=(0, 1))(s, ell)
+      assert np.isfinite(value), (name, value)
+      assert np.all(np.isfinite(gs)) and np.all(np.isfinite(gl)), name
+
+
+def test_tail_bucket_mass_above_one_is_renormalized():
+  ell = np.log(np.array([[0.6, 0.41]], np.float32))  # bf16-style rounding: sums to 1.01
+  teacher = S.SparseTeacher(indices=np.array([[0, 1]]), logprobs=ell)
+  s = _logits(5, (1, 6))
+  _, log_p = S.tail_bucket(jnp.asarray(s), teacher)
+  np.testing.assert_allclose(np.exp(log_p).sum(), 1.0, rtol=1e-6)
+  assert np.exp(log_p)[0, -1] < 2 * S.TAIL_FLOOR
+
+
+def test_where_masks_garbage_indices():
+  s, t = _logits(6), _logits(7)
+  teacher = S.top_k_teacher(t, 3)
+  where = np.array([[True, False, True], [False, True, True]])
+  idx = np.where(where[..., None], np.asarray(teacher.indices), -1)
+  lp = np.where(where[..., None], np.asarray(teacher.logprobs), np.nan)
+  bad = teacher.replace(indices=idx, logprobs=lp)
+  value, gs = jax.value_and_grad(lambda s: D.forward_kl(s, bad, where=where).sum())(s)
+  assert np.all(np.asarray(D.forward_kl(s, bad, where=where))[~where] == 0)
+  assert np.all(np.asarray(gs)[~where] == 0) and np.all(np.isfinite(gs))
+  np.testing.assert_allclose(D.forward_kl(s, bad, where=where)[where],
+                             D.forward_kl(s, teacher)[where], rtol=1e-6)
+
+
+def test_sparse_teacher_is_a_jittable_pytree():
+  s, t = _logits(8), _logits(9)
+  teacher = S.top_k_teacher(t, 4, tail="renormalize_both", temperature=1.5)
+  leaves, treedef = jax.tree.flatten(teacher)
+  assert len(leaves) == 2
+  rebuilt = jax.tree.unflatten(treedef, leaves)
+  assert rebuilt.tail == "renormalize_both" and rebuilt.temperature == 1.5
+  got = jax.jit(lambda s, teacher: D.reverse_kl(s, teacher))(s, teacher)
+  np.testing.assert_allclose(got, D.reverse_kl(s, teacher), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(set(D.DIVERGENCES) - set(D.SPARSE_DIVERGENCES)))
+def test_non_f_divergences_reject_sparse_teacher(name):
+  teacher = S.top_k_teacher(_logits(10), 3)
+  with pytest.raises(ValueError, match=f"{name} does not accept a SparseTeacher.*forward_kl"):
+    D.get_divergence(name)(_logits(11), teacher)
+
+
+def test_errors():
+  s = _logits(12)
+  with pytest.raises(ValueError, match="unknown tail policy 'zero'"):
+    S.SparseTeacher(indices=np.zeros((1, 2), int), logprobs=np.zeros((1, 2)), tail="zero")
+  with pytest.raises(ValueError, match="temperature must be"):
+    S.SparseTeacher(indices=np.zeros((1, 2), int), logprobs=np.zeros((1, 2)), temperature=0.0)
+  with pytest.raises(ValueError, match="k must be an int in \\[1, 11\\]"):
+    S.top_k_teacher(s, 12)
+  with pytest.raises(ValueError, match="student vocab size 11 != teacher vocab size 13"):
+    D.forward_kl(s, S.top_k_teacher(_logits(13, (2, 3, 13)), 3))
+  with pytest.raises(ValueError, match="token shape"):
+    D.forward_kl(s, S.top_k_teacher(_logits(13, (3, 2, 11)), 3))
+  with pytest.raises(TypeError, match="indices must be integers"):
+    D.forward_kl(s, S.SparseTeacher(indices=np.zeros((2, 3, 2)), logprobs=np.zeros((2, 3, 2))))
