@@ -339,10 +339,9 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
     print(f"{name}: resumed from step {start}", file=sys.stderr)
   write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in read_jsonl(log_path)
                                  if r["step"] <= start))
-  step = start
   try:
     with open(log_path, "a") as log, tqdm(total=steps, initial=start, desc=name) as bar:
-      t_last = time.perf_counter()
+      t_last, step_last = time.perf_counter(), start
       for step in range(start, steps):
         state, metrics = step_fn(state, batches.get(step), *step_args)
         bar.update(1)
@@ -351,18 +350,19 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
           record = train.summarize(metrics)
           now = time.perf_counter()
           record.update(kind="train", step=done,
-                        seconds_per_step=(now - t_last) / (done - max(start, done - cfg.log_every)))
-          t_last = now
+                        seconds_per_step=(now - t_last) / (done - step_last))
+          t_last, step_last = now, done
           bar.set_postfix(loss=f"{record['loss']:.3f}")
           log.write(json.dumps(record) + "\n")
           log.flush()
         if done % eval_every == 0 or done == steps:
+          t_eval = time.perf_counter()
           record = dict(kind="eval", step=done, **eval_fn(state.params))
           bar.write(f"{name} step {done}: " + ", ".join(
               f"{k}={v:.3f}" for k, v in record.items() if isinstance(v, float)))
           log.write(json.dumps(record) + "\n")
           log.flush()
-          t_last = time.perf_counter()
+          t_last += time.perf_counter() - t_eval  # evaluations are not training time
         if done % cfg.checkpoint_every == 0 or done == steps:
           mngr.save(done, args=ocp.args.StandardSave(state))
   except KeyboardInterrupt:
@@ -385,7 +385,7 @@ def restore_params(run_dir: pathlib.Path, state: train.TrainState):
     return mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state)).params
 
 
-def train_seconds(run_dir: pathlib.Path, log_every: int) -> float:
+def train_seconds(run_dir: pathlib.Path) -> float:
   """Training time (evaluations excluded) from the log's per-step timings."""
   records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
   total, prev = 0.0, 0
@@ -417,7 +417,7 @@ def teacher_phase(cfg, workdir: pathlib.Path, data: Data):
                        lambda p: evaluator.success(p, data.curve_tasks, "teacher curve eval"))
   final = evaluator.success(state.params, data.eval_tasks, "teacher eval")
   result = dict(final, params=lm.count_params(state.params), model=cfg.teacher.model.to_dict(),
-                train_steps=cfg.teacher.steps, train_seconds=train_seconds(run_dir, cfg.log_every))
+                train_steps=cfg.teacher.steps, train_seconds=train_seconds(run_dir))
   if final["success"] < cfg.teacher.min_success:
     logging.warning("teacher success %.3f < %.2f: students will imitate a weak teacher",
                     final["success"], cfg.teacher.min_success)
@@ -480,7 +480,7 @@ def student_phase(cfg, workdir: pathlib.Path, data: Data, method: str, seed: int
   final = evaluator.success(state.params, data.eval_tasks, f"{method} eval")
   kl = span_kl(apply, state.params, teacher_apply, teacher_params, data.kl_batch)
   result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
-                train_steps=cfg.student.steps, train_seconds=train_seconds(run_dir, cfg.log_every),
+                train_steps=cfg.student.steps, train_seconds=train_seconds(run_dir),
                 **{f"kl/{k}": v for k, v in kl.items()})
   write_json(result_path, result)
   return result

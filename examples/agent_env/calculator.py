@@ -197,7 +197,7 @@ def evaluate_expression(expression: str) -> int:
       return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)):
       a, b = ev(node.left), ev(node.right)
-      out = a + b if isinstance(node.op, ast.Add) else a - b if isinstance(node.op, ast.Sub) else a * b
+      out = _apply({ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}[type(node.op)], a, b)
       if abs(out) >= 10**12:
         raise ValueError("number too large")
       return out
