@@ -53,7 +53,6 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
@@ -62,7 +61,7 @@ from tqdm import tqdm  # noqa: E402
 from examples import agent_lm as lm  # noqa: E402
 from examples.agent_env import calculator as calc  # noqa: E402
 from sad_jax import config as sad_config  # noqa: E402
-from sad_jax import divergences, objective, spans, train  # noqa: E402
+from sad_jax import checkpoint, divergences, objective, spans, train  # noqa: E402
 from sad_jax import trajectories as tj  # noqa: E402
 from sad_jax.spans import SpanType  # noqa: E402
 
@@ -323,19 +322,21 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
                  eval_fn: Callable[[Any], dict], step_args: tuple = ()) -> train.TrainState:
   """Trains ``state`` to ``steps``, resuming from ``run_dir/ckpt``; logs to metrics.jsonl.
 
-  A checkpoint is written every ``cfg.checkpoint_every`` steps, at the end, and
+  A checkpoint (:class:`sad_jax.checkpoint.Checkpointer`: the TrainState and the
+  data position) is written every ``cfg.checkpoint_every`` steps, at the end, and
   on Ctrl-C / SIGTERM (then the interrupt propagates). Log lines past the
   restored step (written after the last checkpoint of an interrupted run) are
   dropped on resume, so the log always matches the checkpoint.
   """
   run_dir.mkdir(parents=True, exist_ok=True)
-  mngr = ocp.CheckpointManager(run_dir / "ckpt", options=ocp.CheckpointManagerOptions(
-      max_to_keep=2, create=True))
-  start = 0
+  ckpt = checkpoint.Checkpointer(run_dir / "ckpt", every_steps=cfg.checkpoint_every, keep=2)
   log_path = run_dir / "metrics.jsonl"
-  if mngr.latest_step() is not None:
-    start = int(mngr.latest_step())
-    state = mngr.restore(start, args=ocp.args.StandardRestore(state))
+  state, data_state = ckpt.restore_or(state, {"seed": batches.seed, "position": 0})
+  if data_state["seed"] != batches.seed:
+    raise ValueError(f"{run_dir} was trained with data seed {data_state['seed']}, this run "
+                     f"uses {batches.seed}; use another --workdir")
+  start = int(state.step)
+  if start:
     print(f"{name}: resumed from step {start}", file=sys.stderr)
   write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in read_jsonl(log_path)
                                  if r["step"] <= start))
@@ -363,26 +364,25 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
           log.write(json.dumps(record) + "\n")
           log.flush()
           t_last += time.perf_counter() - t_eval  # evaluations are not training time
-        if done % cfg.checkpoint_every == 0 or done == steps:
-          mngr.save(done, args=ocp.args.StandardSave(state))
+        # Batches are a function of (seed, step): the step is the data position.
+        ckpt.save(state, {"seed": batches.seed, "position": done}, force=done == steps)
   except KeyboardInterrupt:
     done = int(state.step)
-    if done > start and mngr.latest_step() != done:
-      mngr.save(done, args=ocp.args.StandardSave(state), force=True)
-    mngr.wait_until_finished()
-    print(f"\ninterrupted: {name} has a checkpoint at step {mngr.latest_step() or 0}; rerun "
+    if done > start and ckpt.latest_step() != done:
+      ckpt.save(state, {"seed": batches.seed, "position": done}, force=True)
+    ckpt.wait()
+    print(f"\ninterrupted: {name} has a checkpoint at step {ckpt.latest_step() or 0}; rerun "
           "the same command to resume", file=sys.stderr)
     raise
   finally:
-    mngr.wait_until_finished()
-    mngr.close()
+    ckpt.close()
   return state
 
 
 def restore_params(run_dir: pathlib.Path, state: train.TrainState):
   """The params of the latest checkpoint of a finished run."""
-  with ocp.CheckpointManager(run_dir / "ckpt") as mngr:
-    return mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(state)).params
+  with checkpoint.Checkpointer(run_dir / "ckpt") as ckpt:
+    return ckpt.restore(state)[0].params
 
 
 def train_seconds(run_dir: pathlib.Path) -> float:
