@@ -45,21 +45,23 @@ def _child(variant, n, d, vocab, repeats, chunk_size):
   wt = jax.random.normal(keys[3], (d, vocab), jnp.float32) / d ** 0.5
   jax.block_until_ready((hs, ws, ht, wt))
   if variant == "naive":
-    loss = lambda hs, ws: divergences.forward_kl(hs @ ws, ht @ wt, temperature=2.0).mean()
+    loss = lambda hs, ws, ht, wt: divergences.forward_kl(hs @ ws, ht @ wt,
+                                                         temperature=2.0).mean()
   else:
-    loss = lambda hs, ws: fused.fused_distill_loss(hs, ws, ht, wt, temperature=2.0,
-                                                   chunk_size=chunk_size)
+    loss = lambda hs, ws, ht, wt: fused.fused_distill_loss(hs, ws, ht, wt, temperature=2.0,
+                                                           chunk_size=chunk_size)
+  # Every input is an argument: closed-over arrays would become compile-time constants.
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   base = psutil.Process().memory_info().rss
   start = time.perf_counter()
-  value, grads = jax.block_until_ready(step(hs, ws))
+  value, grads = jax.block_until_ready(step(hs, ws, ht, wt))
   first = time.perf_counter() - start
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   del grads
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(step(hs, ws))
+    jax.block_until_ready(step(hs, ws, ht, wt))
     times.append(time.perf_counter() - start)
   print(json.dumps(dict(variant=variant, loss=float(value), base_gb=base / 2**30,
                         peak_gb=peak / 2**30, work_gb=(peak - base) / 2**30,
