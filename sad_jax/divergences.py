@@ -218,7 +218,12 @@ def _temperature_cotangent(gs, s, gt, t, temperature):
   Zero cotangents meet ``-inf`` logits (impossible tokens); those terms are 0.
   """
   terms = (jnp.where(gs == 0, 0.0, gs * s) + jnp.where(gt == 0, 0.0, gt * t))
-  return -jnp.sum(terms) / temperature
+  ct = -jnp.sum(terms) / temperature
+  # Under shard_map the logits vary over mesh axes while a replicated temperature
+  # does not: its cotangent is the sum over those axes.
+  extra = (jax.typeof(ct).manual_axis_type.varying
+           - jax.typeof(temperature).manual_axis_type.varying)
+  return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
 def _kl_kernel(log_first_stats: bool):
