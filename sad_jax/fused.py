@@ -19,6 +19,16 @@ several ``[N, V]`` arrays.
 
 The teacher receives no gradient (zero cotangents for ``teacher_hidden`` and
 ``teacher_head``), and neither do ``temperature`` and ``weights``.
+
+:func:`fused_sad_loss` evaluates the SAD objective (:func:`sad_jax.objective.sad_loss`)
+this way. Its reduction is linear in the per-token loss for every normalization, so
+it is :math:`\sum_n c_n \ell_n` with per-token coefficients (see
+:func:`sad_token_coefficients`)
+
+.. math::
+  c_n = s_T \, \frac{w_n}{\text{normalizer}(n)}, \qquad s_T = T^2 \text{ or } 1,
+
+which become the ``weights`` of :func:`fused_distill_loss` with ``reduction="sum"``.
 """
 from __future__ import annotations
 
@@ -28,7 +38,11 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from sad_jax import config as config_lib
 from sad_jax import divergences
+from sad_jax import objective
+from sad_jax import state as state_lib
+from sad_jax import weighting
 
 CHUNK_ELEMENTS = 1 << 23
 """Default chunk: about this many logits (32 MiB in float32) per ``[chunk, V]`` block."""
@@ -145,6 +159,9 @@ def _make_fused(chunk_loss, chunk, mean, specs):
     n, d = hs.shape
     pad = (-n) % chunk
     trained = w > 0
+    # The mean's 1/count scales each chunk's cotangent, so the [d, V] head gradient
+    # is never rescaled (which would copy it).
+    scale = 1.0 / jnp.maximum(jnp.sum(trained), 1).astype(jnp.float32) if mean else 1.0
     # Zero untrained rows so NaN hidden states cannot reach the head gradient.
     hs = jnp.where(trained[:, None], hs, 0).astype(hs.dtype)
     ht = jnp.where(trained[:, None], ht, 0).astype(ht.dtype)
@@ -152,6 +169,7 @@ def _make_fused(chunk_loss, chunk, mean, specs):
       hs, ht = jnp.pad(hs, ((0, pad), (0, 0))), jnp.pad(ht, ((0, pad), (0, 0)))
       w = jnp.pad(w, (0, pad))
     m = (n + pad) // chunk
+    block = _vocab_block(d, ws.shape[1])
 
     def body(carry, xs):
       total, grad_head = carry
@@ -159,18 +177,17 @@ def _make_fused(chunk_loss, chunk, mean, specs):
       s = jnp.dot(h_s, ws, preferred_element_type=jnp.float32)
       t = jnp.dot(h_t, wt, preferred_element_type=jnp.float32)
       value, vjp = jax.vjp(lambda s: chunk_loss(s, t, wc), s)
-      (g,) = vjp(jnp.ones_like(value))
-      grad_h = jnp.dot(g.astype(ws.dtype), ws.T, preferred_element_type=jnp.float32)
-      grad_head = grad_head + jnp.dot(h_s.T, g.astype(h_s.dtype),
-                                      preferred_element_type=jnp.float32)
+      (g,) = vjp(jnp.asarray(scale, value.dtype))
+      grad_h = jax.lax.dot_general(g.astype(ws.dtype), ws, (((1,), (1,)), ((), ())),
+                                   preferred_element_type=jnp.float32)  # g @ ws.T
+      grad_head = _add_outer_product(grad_head, h_s, g.astype(h_s.dtype), block)
       return (total + value, grad_head), grad_h
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros(ws.shape, jnp.float32))
     (total, grad_head), grad_h = jax.lax.scan(
         body, init, (hs.reshape(m, chunk, -1), ht.reshape(m, chunk, -1), w.reshape(m, chunk)))
     grad_h = grad_h.reshape(m * chunk, -1)[:n]
-    scale = 1.0 / jnp.maximum(jnp.sum(trained), 1).astype(jnp.float32) if mean else 1.0
-    return total * scale, (grad_h * scale, grad_head * scale)
+    return total * scale, (grad_h, grad_head)
 
   @jax.custom_vjp
   def loss(hs, ws, ht, wt, w):
@@ -190,4 +207,142 @@ def _make_fused(chunk_loss, chunk, mean, specs):
   return loss
 
 
-__all__ = ["fused_distill_loss", "default_chunk_size", "CHUNK_ELEMENTS"]
+def _vocab_block(d: int, vocab: int) -> int:
+  """Columns per head-gradient update: about ``CHUNK_ELEMENTS`` entries of ``[d, V]``."""
+  return max(1, min(vocab, CHUNK_ELEMENTS // max(d, 1)))
+
+
+def _add_outer_product(acc: jax.Array, h: jax.Array, g: jax.Array, block: int) -> jax.Array:
+  r"""``acc + h.T @ g`` for ``acc [d, V]``, in place, ``block`` columns at a time.
+
+  A plain ``acc + h.T @ g`` builds the ``[d, V]`` product before adding it (on CPU
+  the dot does not fuse with the add), doubling the memory of the head gradient.
+  Here each step updates ``acc[:, j:j+block]`` with ``dynamic_update_slice``, which
+  XLA performs in place on the loop carry. The last block is shifted left to fit
+  in ``V`` and its columns already covered are zeroed in ``g``.
+  """
+  vocab = acc.shape[1]
+  if block >= vocab:
+    return acc + jax.lax.dot_general(h, g, (((0,), (0,)), ((), ())),
+                                     preferred_element_type=jnp.float32)
+
+  def step(j, acc):
+    start = jnp.minimum(j * block, vocab - block)
+    g_j = jax.lax.dynamic_slice_in_dim(g, start, block, axis=1)
+    g_j = jnp.where(start + jnp.arange(block) >= j * block, g_j, 0).astype(g.dtype)
+    update = jax.lax.dot_general(h, g_j, (((0,), (0,)), ((), ())),  # h.T @ g_j
+                                 preferred_element_type=jnp.float32)
+    current = jax.lax.dynamic_slice_in_dim(acc, start, block, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(acc, current + update, start, axis=1)
+
+  return jax.lax.fori_loop(0, -(-vocab // block), step, acc)
+
+_NEEDS_LOGITS = ("confidence_based", "difficulty_aware")
+
+
+def sad_token_coefficients(span_ids: chex.Array, state: state_lib.SADState, config, *,
+                           normalizer: chex.Array | None = None) -> jax.Array:
+  r"""Per-token coefficients :math:`c` with ``sad_loss = sum(c * divergence)``.
+
+  For a config whose per-token loss is :math:`s_T D` alone (no hard labels, no
+  regularizers) and whose weights need no logits, the objective's reduction
+  (:func:`sad_jax.objective.reduce_tokens`, any ``normalization``) is linear in the
+  divergence :math:`D`; :math:`c` is its gradient, times :math:`s_T = T^2` when
+  ``scale_by_t2``. E.g. for ``tokens``, :math:`c_n = s_T w_n / \sum_m [w_m > 0]`.
+
+  Args:
+    span_ids: ``[B, T]`` int span types.
+    state: :class:`~sad_jax.state.SADState` (temperature, running span losses, ...).
+    config: the objective config.
+    normalizer: the full batch's :func:`sad_jax.objective.loss_normalizer` when this
+      call sees a micro-batch.
+
+  Returns:
+    ``float32 [B, T]`` coefficients, zero exactly on untrained tokens; no gradient.
+  """
+  config = config_lib.resolve(config)
+  span_ids = jnp.asarray(span_ids)
+  if span_ids.ndim != 2 or not jnp.issubdtype(span_ids.dtype, jnp.integer):
+    raise ValueError(f"span_ids must be an int [B, T] array, got "
+                     f"{span_ids.dtype}{list(span_ids.shape)}")
+  _check_fusable(config)
+  weights = weighting.token_weights(span_ids, config, state)
+
+  def reduced(per_token):
+    return objective.reduce_tokens(per_token, weights, span_ids,
+                                   normalization=config.normalization,
+                                   normalizer=normalizer)[0]
+
+  coefficients = jax.grad(reduced)(jnp.zeros(weights.shape, jnp.float32))
+  if config.scale_by_t2:
+    coefficients = coefficients * jnp.square(state.temperature)
+  return jax.lax.stop_gradient(coefficients)
+
+
+def _check_fusable(config) -> None:
+  reg = config.regularizers
+  unsupported = [f"{name} = {value}" for name, value in (
+      ("hard_label_weight", config.hard_label_weight), ("regularizers.entropy", reg.entropy),
+      ("regularizers.confidence_penalty", reg.confidence_penalty),
+      ("regularizers.span_consistency", reg.span_consistency),
+      ("regularizers.moe_load_balance", reg.moe_load_balance)) if value != 0]
+  if config.weighting in _NEEDS_LOGITS:
+    unsupported.append(f"weighting = {config.weighting!r} (needs teacher statistics)")
+  if unsupported:
+    raise ValueError("the fused SAD loss computes only the weighted divergence; these "
+                     f"settings need the full logits, use sad_jax.sad_loss: "
+                     f"{', '.join(unsupported)}")
+
+
+def fused_sad_loss(student_hidden: chex.Array, student_head: chex.Array,
+                   teacher_hidden: chex.Array, teacher_head: chex.Array,
+                   span_ids: chex.Array, state: state_lib.SADState, config, *,
+                   normalizer: chex.Array | None = None,
+                   chunk_size: int | None = None) -> jax.Array:
+  r"""The SAD objective from final hidden states, never materializing ``[B, T, V]``.
+
+  Equal (value and gradients w.r.t. the student's hidden states and head, within
+  float32 tolerance) to
+
+  .. code-block:: python
+
+    sad_loss(student_hidden @ student_head, teacher_hidden @ teacher_head,
+             span_ids, state, config, normalizer=normalizer)[0]
+
+  for configs where that loss is the weighted divergence alone (see
+  :func:`sad_token_coefficients`): it is :func:`fused_distill_loss` with
+  ``weights = sad_token_coefficients(...)`` and ``reduction="sum"``. Metrics and
+  the next :class:`~sad_jax.state.SADState` are not computed (they need the
+  per-token divergence); a ValueError names the settings that need the logits.
+
+  Args:
+    student_hidden: ``[B, T, d]`` student final hidden states.
+    student_head: ``[d, V]`` student lm-head matrix.
+    teacher_hidden: ``[B, T, d_T]`` teacher final hidden states.
+    teacher_head: ``[d_T, V]`` teacher lm-head matrix.
+    span_ids: ``[B, T]`` int span types.
+    state: :class:`~sad_jax.state.SADState`; its temperature is used.
+    config: the objective config.
+    normalizer: as in :func:`sad_jax.objective.sad_loss`.
+    chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+
+  Returns:
+    The float32 scalar loss.
+  """
+  config = config_lib.resolve(config)
+  hs = _check_matrix("student_hidden", student_hidden, 3)
+  ht = _check_matrix("teacher_hidden", teacher_hidden, 3)
+  if hs.shape[:2] != jnp.shape(span_ids) or ht.shape[:2] != jnp.shape(span_ids):
+    raise ValueError(f"student_hidden {hs.shape} and teacher_hidden {ht.shape} must start "
+                     f"with the span_ids shape {jnp.shape(span_ids)}")
+  coefficients = sad_token_coefficients(span_ids, state, config, normalizer=normalizer)
+  return fused_distill_loss(
+      hs.reshape(-1, hs.shape[-1]), student_head, ht.reshape(-1, ht.shape[-1]),
+      teacher_head, divergence=config.divergence,
+      temperature=jax.lax.stop_gradient(state.temperature),
+      weights=coefficients.reshape(-1), reduction="sum", chunk_size=chunk_size,
+      **dict(config.divergence_kwargs))
+
+
+__all__ = ["fused_distill_loss", "fused_sad_loss", "sad_token_coefficients",
+           "default_chunk_size", "CHUNK_ELEMENTS"]

@@ -34,6 +34,7 @@ import numpy as np
 from sad_jax import config as config_lib
 from sad_jax import divergences
 from sad_jax import regularizers
+from sad_jax import sparse
 from sad_jax import spans
 from sad_jax import state as state_lib
 from sad_jax import weighting
@@ -55,35 +56,63 @@ def teacher_statistics(student_logits: chex.Array, teacher: Any,
   They feed the metrics, the adaptive temperature and the ``confidence_based`` /
   ``difficulty_aware`` strategies. Tokens outside ``where`` give 0.
 
+  For a :class:`~sad_jax.sparse.SparseTeacher`, ``teacher_entropy``, ``kl_t1`` and
+  ``total_variation`` are computed on the support of its tail policy at
+  :math:`T = 1` (:func:`sad_jax.sparse.reduce_to_support`: the top-k entries, plus
+  the tail bucket for ``tail_bucket`` / ``renormalize_teacher``), where the tail
+  counts as one token; the teacher entropy is therefore a lower bound of the full
+  one. ``student_entropy`` (full vocabulary) and ``agreement`` (the teacher's
+  argmax is its most likely stored index) are exact. With ``K = V`` every
+  statistic equals the dense one.
+
   Args:
     student_logits: ``[B, T, V]``.
-    teacher: dense teacher logits ``[B, T, V]``.
+    teacher: dense teacher logits ``[B, T, V]`` or a
+      :class:`~sad_jax.sparse.SparseTeacher` with ``[B, T, K]`` leaves.
     where: ``[B, T]`` bool, the trained tokens.
   """
-  if not (hasattr(teacher, "shape") and hasattr(teacher, "dtype")):
-    raise TypeError(f"teacher statistics need dense teacher logits [B, T, V], got "
-                    f"{type(teacher).__name__}")
-  if teacher.shape[-1] != student_logits.shape[-1]:
-    raise ValueError(f"student vocab size {student_logits.shape[-1]} != teacher vocab size "
-                     f"{teacher.shape[-1]}; pad the smaller one with sad_jax.pad_vocab")
-  if teacher.shape != student_logits.shape:
-    raise ValueError(f"teacher shape {teacher.shape} must equal student_logits shape "
-                     f"{student_logits.shape}")
   where = jnp.asarray(where, bool)
   s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
-  t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
   log_q = jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)
-  log_p = jax.nn.log_softmax(t.astype(jnp.float32), axis=-1)
-  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  student_entropy = _entropy(log_q)
+  if isinstance(teacher, sparse.SparseTeacher):
+    teacher = jax.lax.stop_gradient(teacher)
+    log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0,
+                                                    where)
+    top = jnp.take_along_axis(jnp.asarray(teacher.indices),
+                              jnp.argmax(teacher.logprobs, axis=-1)[..., None], axis=-1)
+    agreement = jnp.argmax(s, axis=-1) == top[..., 0]
+  else:
+    if not (hasattr(teacher, "shape") and hasattr(teacher, "dtype")):
+      raise TypeError(f"teacher statistics need dense teacher logits [B, T, V] or a "
+                      f"SparseTeacher, got {type(teacher).__name__}")
+    if teacher.shape[-1] != student_logits.shape[-1]:
+      raise ValueError(f"student vocab size {student_logits.shape[-1]} != teacher vocab "
+                       f"size {teacher.shape[-1]}; pad the smaller one with sad_jax.pad_vocab")
+    if teacher.shape != student_logits.shape:
+      raise ValueError(f"teacher shape {teacher.shape} must equal student_logits shape "
+                       f"{student_logits.shape}")
+    t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
+    log_q_support = log_q
+    log_p = jax.nn.log_softmax(t.astype(jnp.float32), axis=-1)
+    agreement = jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)
+  p, q = jnp.exp(log_p), jnp.exp(log_q_support)
   safe_p = jnp.where(p > 0, log_p, 0.0)
   stats = dict(
-      teacher_entropy=-jnp.sum(p * safe_p, axis=-1),
-      student_entropy=-jnp.sum(q * jnp.where(q > 0, log_q, 0.0), axis=-1),
-      kl_t1=jnp.sum(jnp.where(p > 0, p * (safe_p - jnp.where(p > 0, log_q, 0.0)), 0.0), axis=-1),
-      agreement=(jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)).astype(jnp.float32),
+      teacher_entropy=_entropy(log_p),
+      student_entropy=student_entropy,
+      kl_t1=jnp.sum(jnp.where(p > 0, p * (safe_p - jnp.where(p > 0, log_q_support, 0.0)),
+                              0.0), axis=-1),
+      agreement=agreement.astype(jnp.float32),
       total_variation=0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
   )
   return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
+
+
+def _entropy(log_p: jax.Array) -> jax.Array:
+  """:math:`-\\sum_i p_i \\log p_i` over the last axis, with :math:`0 \\log 0 = 0`."""
+  p = jnp.exp(log_p)
+  return -jnp.sum(p * jnp.where(p > 0, log_p, 0.0), axis=-1)
 
 
 def hard_label_ce(student_logits: chex.Array, labels: chex.Array, *,
@@ -232,8 +261,11 @@ def sad_loss(student_logits: chex.Array, teacher: Any, span_ids: chex.Array,
 
   Args:
     student_logits: ``[B, T, V]`` student logits (any float dtype).
-    teacher: ``[B, T, V]`` teacher logits (stop-gradient is applied), or any
-      teacher object the configured divergence accepts.
+    teacher: ``[B, T, V]`` teacher logits, or a :class:`~sad_jax.sparse.SparseTeacher`
+      (``[B, T, K]`` leaves, e.g. from :mod:`sad_jax.teacher_cache`) when the
+      configured divergence accepts one (``divergences.SPARSE_DIVERGENCES``); the
+      teacher statistics then live on its tail policy's support (see
+      :func:`teacher_statistics`). Stop-gradient is applied.
     span_ids: ``[B, T]`` int :class:`~sad_jax.spans.SpanType` per token, per row.
     state: :class:`~sad_jax.state.SADState` (temperature, running losses, ...).
     config: the objective config (``ConfigDict`` or a mapping of overrides).

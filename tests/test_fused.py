@@ -1,15 +1,26 @@
-"""fused_distill_loss vs the naive full-logits path: values, gradients, masking."""
+"""fused_distill_loss vs the naive full-logits path: values, gradients, masking.
+
+Cases are evaluated in one jitted function per test, compiled without LLVM
+optimization (``_jit``): half the compile time, same HLO.
+"""
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sad_jax import config as config_lib
 from sad_jax import divergences as D
+from sad_jax import objective
+from sad_jax import state as state_lib
+from sad_jax import fused
 from sad_jax.fused import fused_distill_loss
 
 N, DS, DT, V = 29, 8, 12, 40
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 def _inputs(seed=0, dtype=jnp.float32):
@@ -27,27 +38,47 @@ def _naive(hs, ws, ht, wt, weights, name, **kw):
   return jnp.sum(weights * d) / WHERE.sum()
 
 
-@pytest.mark.parametrize("name,kw", [("forward_kl", {}), ("reverse_kl", {}),
-                                     ("generalized_jsd", {"beta": 0.3}),
-                                     ("total_variation", {}), ("symmetric_kl", {})])
-def test_matches_naive(name, kw):
+CASES = [("forward_kl", {}), ("reverse_kl", {}), ("generalized_jsd", {"beta": 0.3}),
+         ("total_variation", {}), ("symmetric_kl", {})]
+
+
+def test_matches_naive():
   hs, ws, ht, wt, w = _inputs()
-  fused = lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, divergence=name, temperature=1.5,
-                                            where=WHERE, weights=w, chunk_size=8, **kw)
-  naive = lambda hs, ws: _naive(hs, ws, ht, wt, w, name, temperature=1.5, **kw)
-  value, grads = jax.jit(jax.value_and_grad(fused, argnums=(0, 1)))(hs, ws)
-  ref, ref_grads = jax.value_and_grad(naive, argnums=(0, 1))(hs, ws)
-  np.testing.assert_allclose(value, ref, rtol=1e-5)
-  for got, want in zip(grads, ref_grads):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+  @_jit
+  def run(hs, ws):
+    out = {}
+    for name, kw in CASES:
+      fused = lambda hs, ws: fused_distill_loss(  # noqa: E731
+          hs, ws, ht, wt, divergence=name, temperature=1.5, where=WHERE, weights=w,
+          chunk_size=8, **kw)
+      naive = lambda hs, ws: _naive(hs, ws, ht, wt, w, name, temperature=1.5, **kw)  # noqa: E731
+      out[name] = [jax.value_and_grad(f, argnums=(0, 1))(hs, ws) for f in (fused, naive)]
+    return out
+
+  for name, ((value, grads), (ref, ref_grads)) in run(hs, ws).items():
+    np.testing.assert_allclose(value, ref, rtol=1e-5, err_msg=name)
+    for got, want in zip(grads, ref_grads):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_head_gradient_in_vocab_blocks(monkeypatch):
+  """Several head-gradient column blocks, the last one shifted to fit in V."""
+  monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 7 * DS)  # blocks of 7 columns: 6 of V=40
+  hs, ws, ht, wt, w = _inputs(5)
+  loss = lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, weights=w, chunk_size=8)  # noqa: E731
+  naive = lambda hs, ws: jnp.mean(w * D.forward_kl(hs @ ws, ht @ wt))  # noqa: E731
+  got, want = (_jit(jax.grad(f, argnums=(0, 1)))(hs, ws) for f in (loss, naive))
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
 
 
 def test_sum_reduction_teacher_gets_no_gradient_and_cotangent_scales():
   hs, ws, ht, wt, w = _inputs(1)
   loss = lambda hs, ws, ht, wt: 3.0 * fused_distill_loss(hs, ws, ht, wt, weights=w,
                                                         reduction="sum", chunk_size=7)
-  grads = jax.grad(loss, argnums=(0, 1, 2, 3))(hs, ws, ht, wt)
-  ref = jax.grad(lambda hs: 3.0 * jnp.sum(w * D.forward_kl(hs @ ws, ht @ wt)))(hs)
+  grads = _jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(hs, ws, ht, wt)
+  ref = _jit(jax.grad(lambda hs: 3.0 * jnp.sum(w * D.forward_kl(hs @ ws, ht @ wt))))(hs)
   np.testing.assert_allclose(grads[0], ref, rtol=1e-4, atol=1e-6)
   assert not np.any(grads[2]) and not np.any(grads[3])
 
@@ -55,24 +86,27 @@ def test_sum_reduction_teacher_gets_no_gradient_and_cotangent_scales():
 def test_nan_in_untrained_rows_and_all_masked():
   hs, ws, ht, wt, w = _inputs(2)
   hs = hs.at[1].set(jnp.nan)  # row 1 is outside WHERE
-  value, (gh, gw) = jax.value_and_grad(
-      lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, where=WHERE, chunk_size=8),
-      argnums=(0, 1))(hs, ws)
+
+  @_jit
+  def run(hs, ws):
+    return [jax.value_and_grad(loss, argnums=(0, 1))(hs, ws) for loss in (
+        lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, where=WHERE, chunk_size=8),
+        lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, weights=jnp.zeros(N)))]
+
+  (value, (gh, gw)), (zero, (zh, zw)) = run(hs, ws)
   assert np.isfinite(value) and np.all(np.isfinite(gh)) and np.all(np.isfinite(gw))
   assert not np.any(gh[1])
-  value, (gh, gw) = jax.value_and_grad(
-      lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, weights=jnp.zeros(N)),
-      argnums=(0, 1))(hs, ws)
-  assert value == 0 and not np.any(gh) and not np.any(gw)
+  assert zero == 0 and not np.any(zh) and not np.any(zw)
 
 
 def test_bf16_inputs_give_bf16_gradients():
   hs, ws, ht, wt, _ = _inputs(3, jnp.bfloat16)
-  value, (gh, gw) = jax.value_and_grad(
-      lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, chunk_size=16), argnums=(0, 1))(hs, ws)
+  value, (gh, gw) = _jit(jax.value_and_grad(
+      lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, chunk_size=16), argnums=(0, 1)))(hs, ws)
   assert value.dtype == jnp.float32 and gh.dtype == gw.dtype == jnp.bfloat16
-  f32 = lambda x: x.astype(jnp.float32)
-  ref = D.forward_kl(f32(hs) @ f32(ws), f32(ht) @ f32(wt)).mean()
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  ref = _jit(lambda *x: D.forward_kl(f32(x[0]) @ f32(x[1]), f32(x[2]) @ f32(x[3])).mean())(
+      hs, ws, ht, wt)
   np.testing.assert_allclose(value, ref, rtol=2e-2)
 
 
@@ -100,3 +134,47 @@ def test_errors(kwargs, err, match):
   args.update({k: v for k, v in kwargs.items() if k in args})
   with pytest.raises(err, match=match):
     fused_distill_loss(*args.values(), **{k: v for k, v in kwargs.items() if k not in args})
+
+
+SPAN_IDS = np.array([[1, 2, 2, 3, 4, 3, 2, 0], [2, 3, 3, 4, 2, 2, 0, 0]], np.int32)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(normalization="tokens"),
+    dict(normalization="span_mean", weighting="reasoning_heavy", divergence="generalized_jsd",
+         divergence_kwargs=dict(beta=0.3)),
+    dict(normalization="sequence", scale_by_t2=False, divergence="reverse_kl"),
+], ids=["tokens", "span_mean_jsd", "sequence_rkl"])
+def test_fused_sad_loss_equals_sad_loss(overrides):
+  """fused_sad_loss == sad_loss on the materialized logits, value and gradients."""
+  cfg = config_lib.resolve(overrides)
+  st = state_lib.init_state(cfg).replace(temperature=jnp.float32(1.7))
+  b, t = SPAN_IDS.shape
+  hs, ws, ht, wt, _ = _inputs(6)
+  hs, ht = hs[:b * t].reshape(b, t, DS), ht[:b * t].reshape(b, t, DT)
+  normalizer = objective.loss_normalizer(SPAN_IDS, cfg)
+
+  def dense(hs, ws):
+    return objective.sad_loss(hs @ ws, ht @ wt, SPAN_IDS, st, cfg, normalizer=normalizer)[0]
+
+  def chunked(hs, ws):
+    return fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, st, cfg, normalizer=normalizer,
+                                chunk_size=5)
+
+  (value, grads), (ref, ref_grads) = _jit(lambda hs, ws: [
+      jax.value_and_grad(f, argnums=(0, 1))(hs, ws) for f in (chunked, dense)])(hs, ws)
+  assert ref > 0
+  np.testing.assert_allclose(value, ref, rtol=1e-5)
+  for got, want in zip(grads, ref_grads):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_sad_loss_rejects_terms_that_need_logits():
+  hs, ws, ht, wt, _ = _inputs()
+  hs, ht = hs[:16].reshape(2, 8, DS), ht[:16].reshape(2, 8, DT)
+  for overrides, match in [(dict(hard_label_weight=0.5), "hard_label_weight = 0.5"),
+                           (dict(regularizers=dict(entropy=0.1)), "regularizers.entropy"),
+                           (dict(weighting="confidence_based"), "confidence_based")]:
+    cfg = config_lib.resolve(overrides)
+    with pytest.raises(ValueError, match=f"need the full logits.*{match}"):
+      fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, state_lib.init_state(cfg), cfg)
