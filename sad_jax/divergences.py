@@ -377,10 +377,13 @@ def _tv_bwd_rows(s, t, norm_a, norm_b, q_sign, p_sign, g, temperature):
 _tv_kernel.defvjp(_tv_fwd, _tv_bwd)
 
 
-BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS = 1 << 22
 """Work-block size (elements) of the fused kernels: rows of the flattened
-``[N, V]`` logits are processed in blocks of about this many elements, so every
-intermediate stays in cache and only the inputs and the gradient touch memory."""
+``[N, V]`` logits are processed in blocks of about this many elements (16 MiB of
+float32), so the intermediates are block-sized and only the inputs and the
+gradients are ``[N, V]``. Measured on a 2-core CPU (``docs/performance.md``),
+2**22 beat 2**18 at V = 151936, where 2**18 means one row per block and the
+reductions run on one core; at V = 32000 the two were within noise."""
 
 
 def _row_block(rows: int, vocab: int) -> int:

@@ -44,8 +44,8 @@ from sad_jax import objective
 from sad_jax import state as state_lib
 from sad_jax import weighting
 
-CHUNK_ELEMENTS = 1 << 23
-"""Default chunk: about this many logits (32 MiB in float32) per ``[chunk, V]`` block."""
+CHUNK_ELEMENTS = 1 << 24
+"""Default chunk: about this many logits (64 MiB in float32) per ``[chunk, V]`` block."""
 
 
 def default_chunk_size(num_tokens: int, vocab: int) -> int:

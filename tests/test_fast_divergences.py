@@ -43,7 +43,7 @@ def _fast(name):
 
 def _inputs(shape=SHAPE, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=shape) * 2).astype(np.float32), (rng.normal(size=shape) * 2).astype(np.float32)
+  return tuple((rng.normal(size=shape) * 2).astype(np.float32) for _ in range(2))
 
 
 @pytest.fixture(params=[False, True], ids=["one_block", "row_blocks"])
@@ -104,9 +104,11 @@ def test_masked_nan_rows_blocked(blocked):
     np.testing.assert_allclose(values[where], clean[where], rtol=1e-6, err_msg=name)
 
 
-def test_row_block_divides_rows():
+def test_row_block_divides_rows(monkeypatch):
+  monkeypatch.setattr(D, "BLOCK_ELEMENTS", 1 << 18)
   assert D._row_block(42, 40) == 42
   assert D._row_block(2048, 32000) == 8
+  assert D._row_block(1024, 151936) == 1
   assert D._row_block(2047, 32000) == 1  # prime: one row per block.
 
 
