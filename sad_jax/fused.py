@@ -237,6 +237,7 @@ def _add_outer_product(acc: jax.Array, h: jax.Array, g: jax.Array, block: int) -
 
   return jax.lax.fori_loop(0, -(-vocab // block), step, acc)
 
+
 _NEEDS_LOGITS = ("confidence_based", "difficulty_aware")
 
 
