@@ -10,7 +10,7 @@ Presets:
   checks the whole pipeline (used by the test suite). Success is meaningless.
 * ``default`` -- the README command: data, tokenizer, a 0.49M-parameter teacher
   (1200 steps: 78.1% held-out success when measured, short of the 90% target; see
-  docs/agent_example.md), then a 5.4x smaller student distilled with SFT,
+  README, "End-to-end agent distillation"), then a 5.4x smaller student distilled with SFT,
   token-level KD and SAD (one seed), each evaluated on 1000 held-out tasks.
 * ``study`` -- the comparison of the issue: every method (SFT, token-level KD,
   SAD ``paper`` and the other SAD weighting strategies) x 3 seeds, trained to

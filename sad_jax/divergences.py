@@ -381,7 +381,7 @@ BLOCK_ELEMENTS = 1 << 22
 """Work-block size (elements) of the fused kernels: rows of the flattened
 ``[N, V]`` logits are processed in blocks of about this many elements (16 MiB of
 float32), so the intermediates are block-sized and only the inputs and the
-gradients are ``[N, V]``. Measured on a 2-core CPU (``docs/performance.md``),
+gradients are ``[N, V]``. Measured on a 2-core CPU (README, "Performance"),
 2**22 beat 2**18 at V = 151936, where 2**18 means one row per block and the
 reductions run on one core; at V = 32000 the two were within noise."""
 
