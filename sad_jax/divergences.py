@@ -162,16 +162,20 @@ def _finish(value: jax.Array, where) -> jax.Array:
   return value if where is None else jnp.where(where, value, 0.0)
 
 
-def _kl(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
-  """:math:`\\sum_i a_i (\\log a_i - \\log b_i)` with :math:`0 \\log 0 = 0`."""
+def kl_terms(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+  r"""Per-entry :math:`a_i (\log a_i - \log b_i)` with :math:`0 \log 0 = 0`, ``[..., V]``.
+
+  Not reduced over the vocabulary, so a vocab-sharded caller can sum its shard and
+  psum (see :mod:`sad_jax.sharding`).
+  """
   a = jnp.exp(log_a)
   support = a > 0
   diff = jnp.where(support, log_a - log_b, 0.0)
-  return jnp.sum(jnp.where(support, a * diff, 0.0), axis=-1)
+  return jnp.where(support, a * diff, 0.0)
 
 
-def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
-  """:math:`KL(a \\| w a + (1 - w) b)` in log space, for a static ``w`` in [0, 1]."""
+def kl_to_mixture_terms(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
+  r"""Per-entry terms of :math:`KL(a \| w a + (1 - w) b)`, for a static ``w`` in [0, 1]."""
   log_w = math.log(w) if w > 0 else -jnp.inf
   log_1mw = math.log1p(-w) if w < 1 else -jnp.inf
   # Where both are impossible, logaddexp(-inf, -inf) has a NaN gradient; such
@@ -179,7 +183,17 @@ def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
   dead = (log_a == -jnp.inf) & (log_b == -jnp.inf)
   log_m = jnp.logaddexp(log_w + jnp.where(dead, 0.0, log_a),
                         log_1mw + jnp.where(dead, 0.0, log_b))
-  return _kl(log_a, log_m)
+  return kl_terms(log_a, log_m)
+
+
+def _kl(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+  r""":math:`\sum_i a_i (\log a_i - \log b_i)` over the last axis."""
+  return jnp.sum(kl_terms(log_a, log_b), axis=-1)
+
+
+def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
+  r""":math:`KL(a \| w a + (1 - w) b)` over the last axis."""
+  return jnp.sum(kl_to_mixture_terms(log_a, log_b, w), axis=-1)
 
 
 

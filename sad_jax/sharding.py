@@ -41,6 +41,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sad_jax import config as config_lib
+from sad_jax import divergences
 from sad_jax import objective
 from sad_jax import spans
 from sad_jax import state as state_lib
@@ -260,21 +261,6 @@ def vocab_parallel_log_softmax(logits: chex.Array, vocab_axis) -> jax.Array:
   return logits - m - jnp.log(sum_exp)
 
 
-def _kl_terms(log_a, log_b):
-  a = jnp.exp(log_a)
-  support = a > 0
-  return jnp.where(support, a * jnp.where(support, log_a - log_b, 0.0), 0.0)
-
-
-def _kl_to_mixture_terms(log_a, log_b, w):
-  log_w = math.log(w) if w > 0 else -jnp.inf
-  log_1mw = math.log1p(-w) if w < 1 else -jnp.inf
-  dead = (log_a == -jnp.inf) & (log_b == -jnp.inf)
-  log_m = jnp.logaddexp(log_w + jnp.where(dead, 0.0, log_a),
-                        log_1mw + jnp.where(dead, 0.0, log_b))
-  return _kl_terms(log_a, log_m)
-
-
 def _unit_interval(name, value, fn, *, open_ends=False):
   value = float(value)
   ok = 0 < value < 1 if open_ends else 0 <= value <= 1
@@ -285,30 +271,33 @@ def _unit_interval(name, value, fn, *, open_ends=False):
 
 
 def _terms_forward_kl(log_q, log_p):
-  return _kl_terms(log_p, log_q)
+  return divergences.kl_terms(log_p, log_q)
 
 
 def _terms_reverse_kl(log_q, log_p):
-  return _kl_terms(log_q, log_p)
+  return divergences.kl_terms(log_q, log_p)
 
 
 def _terms_symmetric_kl(log_q, log_p, ratio=0.5):
   ratio = _unit_interval("ratio", ratio, "symmetric_kl")
-  return (1.0 - ratio) * _kl_terms(log_p, log_q) + ratio * _kl_terms(log_q, log_p)
+  return ((1.0 - ratio) * divergences.kl_terms(log_p, log_q)
+          + ratio * divergences.kl_terms(log_q, log_p))
 
 
 def _terms_generalized_jsd(log_q, log_p, beta=0.5):
   beta = _unit_interval("beta", beta, "generalized_jsd", open_ends=True)
-  return (beta * _kl_to_mixture_terms(log_p, log_q, beta)
-          + (1.0 - beta) * _kl_to_mixture_terms(log_q, log_p, 1.0 - beta))
+  return (beta * divergences.kl_to_mixture_terms(log_p, log_q, beta)
+          + (1.0 - beta) * divergences.kl_to_mixture_terms(log_q, log_p, 1.0 - beta))
 
 
 def _terms_skew_kl(log_q, log_p, alpha=0.1):
-  return _kl_to_mixture_terms(log_p, log_q, _unit_interval("alpha", alpha, "skew_kl"))
+  alpha = _unit_interval("alpha", alpha, "skew_kl")
+  return divergences.kl_to_mixture_terms(log_p, log_q, alpha)
 
 
 def _terms_skew_reverse_kl(log_q, log_p, alpha=0.1):
-  return _kl_to_mixture_terms(log_q, log_p, _unit_interval("alpha", alpha, "skew_reverse_kl"))
+  alpha = _unit_interval("alpha", alpha, "skew_reverse_kl")
+  return divergences.kl_to_mixture_terms(log_q, log_p, alpha)
 
 
 def _terms_total_variation(log_q, log_p):
@@ -403,7 +392,7 @@ def vocab_parallel_statistics(student_logits: chex.Array, teacher_logits: chex.A
   stats = dict(
       teacher_entropy=-total(p * jnp.where(p > 0, log_p, 0.0)),
       student_entropy=-total(q * jnp.where(q > 0, log_q, 0.0)),
-      kl_t1=total(_kl_terms(log_p, log_q)),
+      kl_t1=total(divergences.kl_terms(log_p, log_q)),
       agreement=(_global_argmax(s, vocab_axis, offset)
                  == _global_argmax(t, vocab_axis, offset)).astype(jnp.float32),
       total_variation=0.5 * total(jnp.abs(p - q)),
