@@ -15,22 +15,11 @@ from absl.testing import parameterized
 from jax import test_util as jtu
 
 from sad_jax import divergences as D
+from references import np_kl, np_softmax
 
 # ---------------------------------------------------------------------------
 # float64 numpy references, written from the formulas independently of the code.
 # ---------------------------------------------------------------------------
-
-
-def np_softmax(z, temperature=1.0):
-  z = np.asarray(z, np.float64) / temperature
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def np_kl(a, b):
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(a > 0, a * (np.log(a) - np.log(b)), 0.0).sum(-1)
 
 
 def np_alpha(p, q, alpha):

@@ -18,6 +18,7 @@ from sad_jax import objective
 from sad_jax import regularizers
 from sad_jax import state as state_lib
 from sad_jax.spans import SpanType as S
+from references import np_kl, np_softmax
 
 P, R, A, O, X, PAD = S.PROMPT, S.REASONING, S.ACTION, S.OBSERVATION, S.OTHER, S.PAD
 IDS = np.array([[P, P, R, R, A, O],
@@ -25,18 +26,6 @@ IDS = np.array([[P, P, R, R, A, O],
                 [P, R, R, R, R, PAD],
                 [A, A, O, O, PAD, PAD]], np.int32)
 V = 11
-
-
-def np_softmax(z, t=1.0):
-  z = np.asarray(z, np.float64) / t
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
-
-
-def np_kl(p, q):
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(-1)
 
 
 def np_entropy(p):
