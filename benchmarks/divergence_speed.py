@@ -9,11 +9,15 @@ loaded machine slows every variant alike:
 * ``a + b``: one elementwise pass over the same two arrays, the memory-bound floor.
 
 Each entry is the median over ``--repeats`` rounds of the mean of ``--inner`` calls.
+``--block-elements 18,20,22`` adds one ``sad_jax`` variant per row-block size
+``2**k`` (:data:`sad_jax.divergences.BLOCK_ELEMENTS`, read when the function is
+traced), printed as extra rows.
 
 Usage::
 
   python benchmarks/divergence_speed.py                       # issue sizes
   python benchmarks/divergence_speed.py --sizes 2048x32000 --divergences forward_kl
+  python benchmarks/divergence_speed.py --divergences forward_kl --block-elements 18,20,21,22
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import optax
 from sad_jax import divergences as D
 
 T = 2.0
+_ARGS: list = []  # the current size's (s, t), for ahead-of-time compilation
 
 
 def _naive(name):
@@ -49,9 +54,16 @@ def _naive(name):
   return loss
 
 
-def _fast(name):
+def _fast(name, block_elements=None):
+  """The sad_jax loss + grad, jitted and traced now (with ``2**block_elements`` blocks)."""
   fn = D.get_divergence(name)
-  return lambda s, t: fn(s, t, temperature=T).sum()
+  default = D.BLOCK_ELEMENTS
+  D.BLOCK_ELEMENTS = default if block_elements is None else 1 << block_elements
+  try:
+    return jax.jit(jax.value_and_grad(lambda s, t: fn(s, t, temperature=T).sum())).lower(
+        *_ARGS).compile()
+  finally:
+    D.BLOCK_ELEMENTS = default
 
 
 def _time(fn, args, inner):
@@ -71,7 +83,10 @@ def main():
                       default="forward_kl,reverse_kl,generalized_jsd,total_variation")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--inner", type=int, default=3)
+  parser.add_argument("--block-elements", default="",
+                      help="comma-separated k: also time sad_jax with 2**k-element row blocks")
   args = parser.parse_args()
+  blocks = [int(k) for k in args.block_elements.split(",") if k]
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; T={T}; "
@@ -83,19 +98,22 @@ def main():
     ks, kt = jax.random.split(jax.random.key(0))
     s = jax.random.normal(ks, (n, v), jnp.float32) * 3
     t = jax.random.normal(kt, (n, v), jnp.float32) * 3
+    _ARGS[:] = [s, t]
     add = jax.jit(lambda a, b: a + b)
     for name in args.divergences.split(","):
-      naive = jax.jit(jax.value_and_grad(_naive(name)))
-      fast = jax.jit(jax.value_and_grad(_fast(name)))
-      times = {"naive": [], "sad": [], "add": []}
+      fns = {"naive": jax.jit(jax.value_and_grad(_naive(name))), "sad": _fast(name),
+             "add": add}
+      fns.update({f"sad 2^{k}": _fast(name, k) for k in blocks})
+      times = {k: [] for k in fns}
       for _ in range(args.repeats):
-        times["naive"].append(_time(naive, (s, t), args.inner))
-        times["sad"].append(_time(fast, (s, t), args.inner))
-        times["add"].append(_time(add, (s, t), args.inner))
+        for k, fn in fns.items():
+          times[k].append(_time(fn, (s, t), args.inner))
       med = {k: statistics.median(x) * 1e3 for k, x in times.items()}
-      print(f"{name:<16} {n:>6} {v:>7} {med['naive']:>9.1f} {med['sad']:>8.1f} "
-            f"{med['add']:>7.1f} {med['naive'] / med['sad']:>7.2f}x "
-            f"{med['sad'] / med['add']:>9.2f}x {n / med['sad']:>10.1f}", flush=True)
+      for variant in ["sad"] + [f"sad 2^{k}" for k in blocks]:
+        label = name if variant == "sad" else f"  {variant}"
+        print(f"{label:<16} {n:>6} {v:>7} {med['naive']:>9.1f} {med[variant]:>8.1f} "
+              f"{med['add']:>7.1f} {med['naive'] / med[variant]:>7.2f}x "
+              f"{med[variant] / med['add']:>9.2f}x {n / med[variant]:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":
