@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.keep_failed_trajectories = False  # students learn from the teacher's solved tasks only
   c.vocab_size = 512          # BPE target (the corpus saturates below it)
   c.max_len = 256
-  c.buckets = "160,208"       # padded lengths (length bucketing), <= max_len
+  c.buckets = "128,144,160,176,192,208"  # padded lengths (length bucketing), <= max_len
   c.batch_size = 32
   c.rollout_batch = 250
   c.max_turn_tokens = 64
@@ -70,19 +70,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = _model(128, 2, 4, 512)
-  c.teacher.steps = 1200
+  c.teacher.steps = 3000
   c.teacher.learning_rate = 3e-3
   c.teacher.warmup_steps = 100
-  c.teacher.eval_every = 400
+  c.teacher.eval_every = 500
   c.teacher.seed = 0
   c.teacher.min_success = 0.9  # a warning (not an error) below it
 
   c.student = ml_collections.ConfigDict()
   c.student.model = _model(48, 2, 4, 192)
-  c.student.steps = 1000
+  c.student.steps = 1200
   c.student.learning_rate = 3e-3
   c.student.warmup_steps = 100
-  c.student.eval_every = 250
+  c.student.eval_every = 200
   c.student.temperature = 1.0
 
   c.methods = "sft,token_kd,sad"
@@ -111,6 +111,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif preset == "study":
     c.methods = ",".join(ALL_METHODS)
     c.seeds = "0,1,2"
-    c.student.steps = 4000
-    c.student.eval_every = 500
   return c

@@ -19,9 +19,10 @@ a checkpoint first, a hard kill loses at most ``checkpoint_every`` steps):
 3. **Teacher trajectories.** Greedy teacher rollouts on training tasks; the
    successful ones are the students' data (``distill_data.jsonl``).
 4. **Students.** One run per (method, seed) in ``students/METHOD-seedS/``: SFT
-   on the teacher trajectories, or distillation through
-   :func:`sad_jax.train.make_train_step` with the online teacher and
-   :func:`sad_jax.sad_loss` (token-level KD, SAD, SAD weighting strategies).
+   on the teacher trajectories, or distillation (token-level KD, SAD, SAD
+   weighting strategies) through :func:`sad_jax.train.make_train_step` and
+   :func:`sad_jax.sad_loss` from the teacher's logits, computed once over the
+   students' data (an offline teacher: the same numbers as an online one).
    Learning curves: success on ``num_curve_tasks`` held-out tasks and per-span
    KL(teacher || student) on held-out expert trajectories every ``eval_every``
    steps; at the end, a rollout evaluation on ``num_eval_tasks`` held-out tasks.
@@ -127,7 +128,8 @@ class Batches:
 
   Each example goes to the smallest bucket length that holds it (longer ones are
   cut to the largest). A step draws a bucket with probability proportional to
-  its size, then ``batch_size`` examples of it.
+  its size, then ``batch_size`` examples of it. After :meth:`attach_teacher`,
+  batches also carry the teacher's logits (an offline teacher).
   """
 
   def __init__(self, examples: Sequence[tj.Tokenized], buckets: Sequence[int],
@@ -138,6 +140,7 @@ class Batches:
     self.buckets = sorted(buckets)
     self.batch_size = batch_size
     self.seed = seed
+    self.teacher_logits: list[np.ndarray] | None = None
     members: dict[int, list[int]] = {b: [] for b in self.buckets}
     for i, ex in enumerate(self.examples):
       n = len(ex.ids)
@@ -146,15 +149,53 @@ class Batches:
     sizes = np.asarray([len(m) for m in self.members.values()], np.float64)
     self.probs = sizes / sizes.sum()
 
+  def attach_teacher(self, teacher_logits: list[np.ndarray]) -> "Batches":
+    """Makes :meth:`get` add ``teacher``; ``teacher_logits[i]``: ``[n_i, V]`` (row prefix)."""
+    if len(teacher_logits) != len(self.examples):
+      raise ValueError(f"{len(teacher_logits)} teacher logit arrays for "
+                       f"{len(self.examples)} examples")
+    self.teacher_logits = teacher_logits
+    return self
+
   def get(self, step: int) -> dict[str, np.ndarray]:
-    """``tokens``, ``labels``, ``span_ids``: ``[batch_size, bucket]`` int32."""
+    """``tokens``, ``labels``, ``span_ids``: ``[batch_size, bucket]`` int32; ``teacher``
+    ``[batch_size, bucket, V]`` float32 once a teacher is attached."""
     rng = np.random.default_rng([self.seed, step])
     lengths = list(self.members)
     bucket = lengths[int(rng.choice(len(lengths), p=self.probs))]
     pool = self.members[bucket]
     idx = rng.choice(pool, size=self.batch_size, replace=len(pool) < self.batch_size)
     b = tj.batch([self.examples[i] for i in idx], seq_len=bucket)
-    return {"tokens": b.tokens, "labels": b.labels, "span_ids": b.span_ids}
+    out = {"tokens": b.tokens, "labels": b.labels, "span_ids": b.span_ids}
+    if self.teacher_logits is not None:
+      vocab = self.teacher_logits[0].shape[-1]
+      teacher = np.zeros((len(idx), bucket, vocab), np.float32)
+      for row, i in enumerate(idx):
+        n = min(len(self.teacher_logits[i]), bucket)
+        teacher[row, :n] = self.teacher_logits[i][:n]
+      out["teacher"] = teacher
+    return out
+
+
+def teacher_logits(teacher_apply: Callable, teacher_params, batches: Batches,
+                   chunk: int = 64) -> list[np.ndarray]:
+  """The teacher's logits on every example's batch row (float32 ``[n_i, V]``).
+
+  The students' data is fixed, so the teacher runs once over it instead of once
+  per training step (each example always lands in the same bucket, and a
+  causal model's logits on a row do not depend on the padding after it).
+  """
+  forward = jax.jit(teacher_apply)
+  out: list[np.ndarray | None] = [None] * len(batches.examples)
+  for bucket, members in batches.members.items():
+    for start in range(0, len(members), chunk):
+      idx = members[start:start + chunk]
+      rows = np.resize(idx, chunk)  # a fixed shape: one compilation per bucket
+      tokens = tj.batch([batches.examples[i] for i in rows], seq_len=bucket).tokens
+      logits = np.asarray(forward(teacher_params, jnp.asarray(tokens)), np.float32)
+      for row, i in enumerate(idx):
+        out[i] = logits[row, :min(len(batches.examples[i].ids), bucket)].copy()
+  return out
 
 
 def prepare_data(cfg, workdir: pathlib.Path) -> Data:
@@ -319,7 +360,7 @@ class Evaluator:
 
 def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step_fn: Callable,
                  batches: Batches, steps: int, cfg, eval_every: int,
-                 eval_fn: Callable[[Any], dict], step_args: tuple = ()) -> train.TrainState:
+                 eval_fn: Callable[[Any], dict]) -> train.TrainState:
   """Trains ``state`` to ``steps``, resuming from ``run_dir/ckpt``; logs to metrics.jsonl.
 
   A checkpoint (:class:`sad_jax.checkpoint.Checkpointer`: the TrainState and the
@@ -344,7 +385,7 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
     with open(log_path, "a") as log, tqdm(total=steps, initial=start, desc=name) as bar:
       t_last, step_last = time.perf_counter(), start
       for step in range(start, steps):
-        state, metrics = step_fn(state, batches.get(step), *step_args)
+        state, metrics = step_fn(state, batches.get(step))
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == steps:
@@ -444,8 +485,14 @@ def distill_data_phase(cfg, workdir: pathlib.Path, data: Data, graphdef, params)
 
 
 def student_phase(cfg, workdir: pathlib.Path, data: Data, method: str, seed: int,
-                  examples, teacher_graphdef, teacher_params) -> dict:
-  """Trains and evaluates one student; returns (and stores) its result."""
+                  examples, teacher_graphdef, teacher_params,
+                  teacher_cache: list[np.ndarray] | None = None) -> dict:
+  """Trains and evaluates one student; returns (and stores) its result.
+
+  ``teacher_cache``: :func:`teacher_logits` of ``examples`` (computed here when
+  None and the method distills); the distillation methods read the teacher from
+  it, an offline teacher equal to the online one.
+  """
   run_dir = workdir / "students" / f"{method}-seed{seed}"
   result_path = run_dir / "result.json"
   if result_path.exists():
@@ -458,15 +505,15 @@ def student_phase(cfg, workdir: pathlib.Path, data: Data, method: str, seed: int
   batches = Batches(examples, csv_list(cfg.buckets, int), cfg.batch_size, seed=1000 + seed)
   if method == "sft":
     state = train.init_train_state(params, tx, {"seed": seed})
-    step_fn, step_args = make_ce_step(apply, tx), ()
+    step_fn = make_ce_step(apply, tx)
   else:
     tcfg = train.resolve_config({"objective": method_objective(method, cfg), "seed": seed,
                                  "optimizer": {"learning_rate": cfg.student.learning_rate}})
     state = train.init_train_state(params, tx, tcfg)
-    step_fn = jax.jit(train.make_train_step(
-        lambda p, b: apply(p, b["tokens"]), tx, tcfg,
-        teacher_apply=lambda p, b: teacher_apply(p, b["tokens"])))
-    step_args = (teacher_params,)
+    step_fn = jax.jit(train.make_train_step(lambda p, b: apply(p, b["tokens"]), tx, tcfg))
+    if teacher_cache is None:
+      teacher_cache = teacher_logits(teacher_apply, teacher_params, batches)
+    batches.attach_teacher(teacher_cache)
   evaluator = Evaluator(graphdef, cfg, data)
 
   def curve(p):
@@ -476,7 +523,7 @@ def student_phase(cfg, workdir: pathlib.Path, data: Data, method: str, seed: int
     return out
 
   state = run_training(f"{method} seed {seed}", run_dir, state, step_fn, batches,
-                       cfg.student.steps, cfg, cfg.student.eval_every, curve, step_args)
+                       cfg.student.steps, cfg, cfg.student.eval_every, curve)
   final = evaluator.success(state.params, data.eval_tasks, f"{method} eval")
   kl = span_kl(apply, state.params, teacher_apply, teacher_params, data.kl_batch)
   result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
@@ -591,7 +638,12 @@ def run(cfg, workdir: pathlib.Path) -> dict:
   data = prepare_data(cfg, workdir)
   t_graphdef, t_params, teacher = teacher_phase(cfg, workdir, data)
   examples, distill_stats = distill_data_phase(cfg, workdir, data, t_graphdef, t_params)
-  results = [student_phase(cfg, workdir, data, m, s, examples, t_graphdef, t_params)
+  cache = None
+  if any(m != "sft" and not (workdir / "students" / f"{m}-seed{s}" / "result.json").exists()
+         for m in methods for s in seeds):
+    batches = Batches(examples, csv_list(cfg.buckets, int), cfg.batch_size, seed=0)
+    cache = teacher_logits(lm.make_apply(t_graphdef), t_params, batches)
+  results = [student_phase(cfg, workdir, data, m, s, examples, t_graphdef, t_params, cache)
              for s in seeds for m in methods]
   summary = {
       "teacher": teacher,

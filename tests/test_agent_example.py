@@ -229,6 +229,28 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
       ("train", 2), ("train", 4), ("eval", 4), ("train", 6), ("train", 8), ("eval", 8)]
 
 
+def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenizer):
+  import jax.numpy as jnp
+  import numpy as np
+  from examples import agent_lm as lm
+  from examples import distill_agent as da
+  examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
+              for t in calc.generate_tasks("train", 12, seed=1)]
+  batches = da.Batches(examples, [150, 208], batch_size=5, seed=0)
+  graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
+  apply = lm.make_apply(graphdef)
+  batches.attach_teacher(da.teacher_logits(apply, params, batches, chunk=4))
+  for step in range(3):
+    b = batches.get(step)
+    online = np.asarray(apply(params, jnp.asarray(b["tokens"])))
+    valid = b["tokens"] != 0
+    assert b["teacher"].shape == online.shape
+    np.testing.assert_allclose(b["teacher"][valid], online[valid], rtol=1e-5, atol=1e-5)
+    assert not b["teacher"][~valid].any()
+  with pytest.raises(ValueError, match="2 teacher logit arrays for 12 examples"):
+    batches.attach_teacher(batches.teacher_logits[:2])
+
+
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   from examples import distill_agent as da
   from configs import agent_distill
