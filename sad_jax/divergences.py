@@ -223,7 +223,7 @@ def _log_normalizer(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.
 def _log_softmax(x, temperature, norm):
   """Recomputes the log-softmax of ``x / T`` from saved ``(max, log_z)``."""
   m, log_z = norm
-  return (x / temperature - m) - log_z
+  return (x * (1.0 / temperature) - m) - log_z
 
 
 def _temperature_cotangent(gs, s, gt, t, temperature):
@@ -258,16 +258,24 @@ def _kl_kernel(log_first_stats: bool):
     return value[..., 0], (s, t, temperature, norm_a, norm_b, value)
 
   def fwd_rows(s, t, temperature):
-    a, b = s / temperature, t / temperature
-    sa, za, ma, log_za = _log_normalizer(a)
-    sb, zb, mb, log_zb = _log_normalizer(b)
+    # The maxima are taken on the raw logits (max(x) * c == max(x * c) exactly for
+    # c = 1 / T > 0: rounding is monotone), so no scaled copy of a block is written
+    # out; the exponential of the weighting side serves its normalizer and the
+    # cross term. The backward recomputes x * (1 / T) the same way.
+    inv_t = 1.0 / temperature
+    ma = jnp.max(s, axis=-1, keepdims=True) * inv_t
+    mb = jnp.max(t, axis=-1, keepdims=True) * inv_t
+    sa, sb = s * inv_t - ma, t * inv_t - mb
+    ea, eb = jnp.exp(sa), jnp.exp(sb)
+    za = jnp.sum(ea, axis=-1, keepdims=True)
+    zb = jnp.sum(eb, axis=-1, keepdims=True)
     if log_first_stats:  # weights q, difference log q - log p.
-      e, diff, z_w, z_o = jnp.exp(sa), sa - sb, za, zb
+      e, diff, z_w, z_o = ea, sa - sb, za, zb
     else:
-      e, diff, z_w, z_o = jnp.exp(sb), sb - sa, zb, za
+      e, diff, z_w, z_o = eb, sb - sa, zb, za
     cross = jnp.sum(jnp.where(e > 0, e * diff, 0.0), axis=-1, keepdims=True)
     value = cross / z_w - jnp.log(z_w) + jnp.log(z_o)
-    return value, (ma, log_za), (mb, log_zb)
+    return value, (ma, jnp.log(za)), (mb, jnp.log(zb))
 
   def bwd(res, g):
     s, t, temperature, norm_a, norm_b, value = res
@@ -321,7 +329,7 @@ def _jsd_kernel(beta: float):
     return value[..., 0], (s, t, temperature, norm_a, norm_b, kl_pm, kl_qm)
 
   def fwd_rows(s, t, temperature):
-    a, b = s / temperature, t / temperature
+    a, b = s * (1.0 / temperature), t * (1.0 / temperature)
     (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
     _, _, _, term_p, term_q = _mixture_terms(sa - log_za, sb - log_zb, beta)
     kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
@@ -361,7 +369,7 @@ def _tv_fwd(s, t, temperature):
 
 
 def _tv_fwd_rows(s, t, temperature):
-  a, b = s / temperature, t / temperature
+  a, b = s * (1.0 / temperature), t * (1.0 / temperature)
   (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
   q, p = jnp.exp(sa - log_za), jnp.exp(sb - log_zb)
   sign = jnp.sign(q - p)
