@@ -11,18 +11,24 @@ loaded machine slows every variant alike:
 Each entry is the median over ``--repeats`` rounds of the mean of ``--inner`` calls.
 ``--block-elements 18,20,22`` adds one ``sad_jax`` variant per row-block size
 ``2**k`` (:data:`sad_jax.divergences.BLOCK_ELEMENTS`, read when the function is
-traced), printed as extra rows.
+traced), printed as extra rows; ``--baseline-rev REV`` adds the divergences module
+as it was at git revision ``REV`` (an A/B of a kernel change in one process).
 
 Usage::
 
   python benchmarks/divergence_speed.py                       # issue sizes
   python benchmarks/divergence_speed.py --sizes 2048x32000 --divergences forward_kl
   python benchmarks/divergence_speed.py --divergences forward_kl --block-elements 18,20,21,22
+  python benchmarks/divergence_speed.py --divergences forward_kl --baseline-rev 3e58273
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import pathlib
+import subprocess
+import tempfile
 import platform
 import statistics
 import time
@@ -54,9 +60,22 @@ def _naive(name):
   return loss
 
 
-def _fast(name, block_elements=None):
+def _module_at(rev):
+  """``sad_jax/divergences.py`` at git revision ``rev``, imported as a separate module."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  source = subprocess.run(["git", "show", f"{rev}:sad_jax/divergences.py"], cwd=root,
+                          check=True, capture_output=True, text=True).stdout
+  path = pathlib.Path(tempfile.mkdtemp()) / f"divergences_{rev}.py"
+  path.write_text(source)
+  spec = importlib.util.spec_from_file_location(f"divergences_{rev}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _fast(name, block_elements=None, module=D):
   """The sad_jax loss + grad, jitted and traced now (with ``2**block_elements`` blocks)."""
-  fn = D.get_divergence(name)
+  fn = getattr(module, name)
   default = D.BLOCK_ELEMENTS
   D.BLOCK_ELEMENTS = default if block_elements is None else 1 << block_elements
   try:
@@ -85,8 +104,11 @@ def main():
   parser.add_argument("--inner", type=int, default=3)
   parser.add_argument("--block-elements", default="",
                       help="comma-separated k: also time sad_jax with 2**k-element row blocks")
+  parser.add_argument("--baseline-rev", default=None,
+                      help="git revision: also time sad_jax/divergences.py as it was there")
   args = parser.parse_args()
   blocks = [int(k) for k in args.block_elements.split(",") if k]
+  baseline = _module_at(args.baseline_rev) if args.baseline_rev else None
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; T={T}; "
@@ -104,12 +126,15 @@ def main():
       fns = {"naive": jax.jit(jax.value_and_grad(_naive(name))), "sad": _fast(name),
              "add": add}
       fns.update({f"sad 2^{k}": _fast(name, k) for k in blocks})
+      if baseline is not None:
+        fns[f"sad@{args.baseline_rev}"] = _fast(name, module=baseline)
       times = {k: [] for k in fns}
       for _ in range(args.repeats):
         for k, fn in fns.items():
           times[k].append(_time(fn, (s, t), args.inner))
       med = {k: statistics.median(x) * 1e3 for k, x in times.items()}
-      for variant in ["sad"] + [f"sad 2^{k}" for k in blocks]:
+      variants = [k for k in fns if k.startswith("sad")]
+      for variant in variants:
         label = name if variant == "sad" else f"  {variant}"
         print(f"{label:<16} {n:>6} {v:>7} {med['naive']:>9.1f} {med[variant]:>8.1f} "
               f"{med['add']:>7.1f} {med['naive'] / med[variant]:>7.2f}x "
