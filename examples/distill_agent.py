@@ -104,6 +104,38 @@ def csv_list(value, cast=str) -> list:
   return [cast(value)]
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_workdir_config(cfg, workdir: pathlib.Path) -> None:
+  """Refuses a workdir whose cached phases come from another config.
+
+  A workdir's tokenizer, teacher, teacher trajectories and finished students are
+  reused by later invocations, so every field but ``methods`` and ``seeds``
+  (which only select the runs to do) must equal the one stored in
+  ``config.json``; otherwise results of two configs would be silently mixed.
+  """
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  old = flatten(json.loads(path.read_text()))
+  new = flatten(json.loads(cfg.to_json_best_effort()))
+  changed = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+             for k in sorted(set(old) | set(new))
+             if k not in ("methods", "seeds") and old.get(k) != new.get(k)]
+  if changed:
+    raise ValueError(f"--workdir={workdir} holds results of another config ({'; '.join(changed)}); "
+                     "use a new --workdir, or the config stored in its config.json")
+
+
 def _raise_interrupt(signum, frame):  # pylint: disable=unused-argument
   raise KeyboardInterrupt(f"signal {signum}")
 
@@ -634,6 +666,7 @@ def run(cfg, workdir: pathlib.Path) -> dict:
   for m in methods:
     if m != "sft":
       method_objective(m, cfg)  # fail on a bad method before any training
+  check_workdir_config(cfg, workdir)
   write_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2, sort_keys=True))
   data = prepare_data(cfg, workdir)
   t_graphdef, t_params, teacher = teacher_phase(cfg, workdir, data)

@@ -274,6 +274,11 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   again = da.run(cfg, tmp_path)
   assert again["runs"] == summary["runs"]
   assert {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")} == mtimes
+  # A changed config (but for the run selection) is refused: its results would mix.
+  changed = agent_distill.get_config("smoke")
+  changed.teacher.steps += 1
+  with pytest.raises(ValueError, match=r"teacher.steps: 20 -> 21"):
+    da.run(changed, tmp_path)
 
 
 @pytest.mark.slow
