@@ -1,11 +1,12 @@
-"""Offline teacher cache: top-k teacher outputs on disk, in shards, with a manifest.
+r"""Offline teacher cache: top-k teacher outputs on disk, in shards, with a manifest.
 
 Layout of a cache directory::
 
   manifest.json         k, vocab size, dtypes, teacher temperature, tokenizer
                         fingerprint, and per committed shard: file, sequences,
                         tokens, sha256
-  shard-00000.npz       indices  int32  [tokens, k]
+  shard-00000.npz       indices  uint8  [ceil(tokens k b / 8)]: the top-k token ids,
+                                 b = index_bits(vocab size) bits each, packed
                         logprobs uint16 [tokens, k]  (bf16 or fp16 bit patterns)
                         lengths  int32  [sequences]
                         token_crc uint32 [sequences]  (crc32 of each sequence's ids)
@@ -17,8 +18,11 @@ directory resumes after them (``num_sequences`` tells the caller where). Reading
 checks the tokenizer fingerprint, each shard's sha256 and the token checksums of
 the batches it is aligned with; any mismatch raises :class:`TeacherCacheError`.
 
-Storage is ``6 k`` bytes per token (int32 index + 16-bit log-probability): 768 B
-per token at ``k = 128``.
+Storage is ``k (b / 8 + 2)`` bytes per token: a token id takes the
+:math:`b = \lceil \log_2 V \rceil` bits it needs (18 at Qwen's V = 151936, 15 at
+V = 32000) instead of an int32's 32, plus a 16-bit log-probability: 544 B per token at
+``k = 128``, V = 151936 (an int32 layout, format 1, took 768 B; format-1 caches are
+still read).
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ import numpy as np
 
 from sad_jax import sparse as sparse_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: int32 indices
 MANIFEST = "manifest.json"
 LOGPROB_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -76,6 +81,41 @@ def _sha256(path: pathlib.Path) -> str:
 
 def _token_crc(tokens) -> int:
   return zlib.crc32(np.ascontiguousarray(tokens, np.int32).tobytes())
+
+
+def index_bits(vocab_size: int) -> int:
+  """Bits per stored token id: the fewest that hold ``vocab_size - 1`` (at least 1)."""
+  return max(1, (vocab_size - 1).bit_length())
+
+
+_PACK_CHUNK = 1 << 20  # ids per packing step (a multiple of 8: chunks stay byte-aligned)
+
+
+def pack_indices(ids: np.ndarray, bits: int) -> np.ndarray:
+  """``ids`` (any shape, values in ``[0, 2**bits)``) -> a little-endian bit stream.
+
+  Returns ``uint8 [ceil(ids.size * bits / 8)]``; id ``i`` (row-major) occupies bits
+  ``[i b, (i + 1) b)``. Inverse: :func:`unpack_indices`.
+  """
+  flat = np.asarray(ids, np.uint64).reshape(-1)
+  shifts = np.arange(bits, dtype=np.uint64)
+  chunks = [np.packbits(((flat[i:i + _PACK_CHUNK, None] >> shifts) & 1).astype(np.uint8),
+                        bitorder="little")
+            for i in range(0, flat.size, _PACK_CHUNK)]
+  return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+
+
+def unpack_indices(packed: np.ndarray, bits: int, start: int, count: int) -> np.ndarray:
+  """Ids ``start .. start + count - 1`` of a :func:`pack_indices` stream, ``int32 [count]``."""
+  if not 1 <= bits <= 31:
+    raise ValueError(f"bits must be in [1, 31], got {bits}")
+  offset = (start + np.arange(count, dtype=np.int64)) * bits
+  byte, shift = offset >> 3, (offset & 7).astype(np.uint64)
+  padded = np.concatenate([packed, np.zeros(5, np.uint8)])
+  word = np.zeros(count, np.uint64)
+  for j in range(5):  # shift + bits <= 7 + 31 < 40: five bytes hold every id
+    word |= padded[byte + j].astype(np.uint64) << np.uint64(8 * j)
+  return ((word >> shift) & np.uint64((1 << bits) - 1)).astype(np.int32)
 
 
 def _write_atomic(path: pathlib.Path, write: Callable[[Any], None]) -> None:
@@ -168,7 +208,7 @@ class TeacherCacheWriter:
     if indices.size and (indices.min() < 0 or indices.max() >= self.manifest["vocab_size"]):
       raise ValueError(f"indices must lie in [0, {self.manifest['vocab_size']})")
     dtype = LOGPROB_DTYPES[self.manifest["logprob_dtype"]]
-    self._pending.append((indices.astype(np.int32),
+    self._pending.append((indices.astype(np.int64),
                           logprobs.astype(np.float32).astype(dtype).view(np.uint16),
                           tokens.shape[0], _token_crc(tokens)))
     self._pending_tokens += tokens.shape[0]
@@ -181,7 +221,8 @@ class TeacherCacheWriter:
       return
     name = f"shard-{len(self.manifest['shards']):05d}.npz"
     arrays = dict(
-        indices=np.concatenate([p[0] for p in self._pending]),
+        indices=pack_indices(np.concatenate([p[0] for p in self._pending]),
+                             index_bits(self.manifest["vocab_size"])),
         logprobs=np.concatenate([p[1] for p in self._pending]),
         lengths=np.array([p[2] for p in self._pending], np.int32),
         token_crc=np.array([p[3] for p in self._pending], np.uint32))
@@ -244,9 +285,9 @@ def _load_manifest(directory: pathlib.Path) -> dict:
     raise TeacherCacheError(f"{directory} is not a teacher cache: no {MANIFEST}") from None
   except json.JSONDecodeError as e:
     raise TeacherCacheError(f"corrupt manifest {path}: {e}") from None
-  if manifest.get("format_version") != FORMAT_VERSION:
+  if manifest.get("format_version") not in READABLE_FORMATS:
     raise TeacherCacheError(f"{path}: format_version {manifest.get('format_version')!r}, "
-                            f"this reader supports {FORMAT_VERSION}")
+                            f"this reader supports {READABLE_FORMATS}")
   return manifest
 
 
@@ -342,7 +383,11 @@ class TeacherCache:
             f"cached ({hi - lo} ids, different checksum); batches and cache are misaligned")
     dtype = LOGPROB_DTYPES[self.manifest["logprob_dtype"]]
     logprobs = data["logprobs"][lo:hi].view(dtype).astype(np.float32)
-    return data["indices"][lo:hi], logprobs
+    if self.manifest["format_version"] == 1:
+      return data["indices"][lo:hi], logprobs
+    k = self.k
+    ids = unpack_indices(data["indices"], index_bits(self.vocab_size), lo * k, (hi - lo) * k)
+    return ids.reshape(hi - lo, k), logprobs
 
   def batch(self, sequence_ids: Sequence[int], length: int,
             tokens: np.ndarray | None = None) -> sparse_lib.SparseTeacher:
@@ -379,4 +424,5 @@ class TeacherCache:
 
 
 __all__ = ["TeacherCache", "TeacherCacheWriter", "TeacherCacheError", "write_teacher_cache",
-           "tokenizer_fingerprint", "LOGPROB_DTYPES"]
+           "tokenizer_fingerprint", "LOGPROB_DTYPES", "index_bits", "pack_indices",
+           "unpack_indices"]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -39,7 +41,72 @@ def test_round_trip_and_bytes_per_token(tmp_path):
   rows = np.stack([np.pad(seqs[i], (0, 10 - len(seqs[i]))) for i in (0, 2)])
   teacher = cache.batch([0, 2], length=6, tokens=rows)
   assert teacher.indices.shape == (2, 6, K) and teacher.vocab_size == V
-  assert 6 * K < cache.bytes_per_token() < 6 * K + 400  # npz header overhead per shard
+  # 6-bit ids (V = 50) + 16-bit log-probs; tiny shards pay ~100 B/token of npz headers.
+  assert K * (6 / 8 + 2) < cache.bytes_per_token() < K * (6 / 8 + 2) + 200
+  with np.load(tmp_path / cache.manifest["shards"][0]["file"]) as shard:
+    tokens = cache.manifest["shards"][0]["tokens"]
+    assert shard["indices"].dtype == np.uint8
+    assert shard["indices"].size == -(-tokens * K * tc.index_bits(V) // 8)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(bits=st.integers(1, 31), n=st.integers(0, 70), data=st.data())
+def test_pack_unpack_indices_round_trip(bits, n, data):
+  rng = np.random.default_rng(n * 31 + bits)
+  ids = rng.integers(0, 1 << bits, size=n, dtype=np.int64)
+  ids[: min(n, 2)] = (1 << bits) - 1  # the largest id, all bits set
+  packed = tc.pack_indices(ids, bits)
+  assert packed.dtype == np.uint8 and packed.size == -(-n * bits // 8)
+  start = data.draw(st.integers(0, n))
+  count = data.draw(st.integers(0, n - start))
+  np.testing.assert_array_equal(tc.unpack_indices(packed, bits, start, count),
+                                ids[start:start + count])
+
+
+def test_index_bits():
+  assert [tc.index_bits(v) for v in (1, 2, 3, 4, 5, 32000, 151936, 1 << 17)] == [
+      1, 1, 2, 2, 3, 15, 18, 17]
+
+
+def test_bytes_per_token_at_qwen_vocab(tmp_path):
+  v, k, n = 151936, 128, 1024
+  rng = np.random.default_rng(0)
+  indices = rng.integers(0, v, size=(n, k))
+  indices[0] = np.arange(v - k, v)  # the top of the range survives the packing
+  logprobs = -rng.exponential(3.0, size=(n, k)).astype(np.float32)
+  with tc.TeacherCacheWriter(tmp_path, k=k, vocab_size=v, tokenizer_fingerprint=FP) as w:
+    w.append(np.arange(n) % v, indices, logprobs)
+  cache = tc.TeacherCache(tmp_path)
+  idx, lp = cache.sequence(0, tokens=np.arange(n) % v)
+  np.testing.assert_array_equal(idx, indices)
+  np.testing.assert_allclose(lp, logprobs, rtol=1e-2)
+  # 18-bit ids + bf16 log-probs: 544 B/token (int32 ids took 768), plus npz headers.
+  assert 544 <= cache.bytes_per_token() < 546
+
+
+def test_format_1_int32_caches_are_still_read(tmp_path):
+  seqs = _sequences(3, 4)
+  tc.write_teacher_cache(tmp_path, seqs, _teacher, k=K, vocab_size=V,
+                         tokenizer_fingerprint=FP)
+  new = [tc.TeacherCache(tmp_path).sequence(i) for i in range(len(seqs))]
+  manifest = json.loads((tmp_path / "manifest.json").read_text())
+  for info in manifest["shards"]:  # rewrite each shard as format 1 wrote it
+    path = tmp_path / info["file"]
+    with np.load(path) as shard:
+      arrays = dict(shard)
+    arrays["indices"] = tc.unpack_indices(arrays["indices"], tc.index_bits(V), 0,
+                                          info["tokens"] * K).reshape(-1, K)
+    with open(path, "wb") as f:
+      np.savez(f, **arrays)
+    info["sha256"] = tc._sha256(path)  # pylint: disable=protected-access
+  manifest["format_version"] = 1
+  (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+  old = tc.TeacherCache(tmp_path)
+  for i, (idx, lp) in enumerate(new):
+    np.testing.assert_array_equal(old.sequence(i)[0], idx)
+    np.testing.assert_array_equal(old.sequence(i)[1], lp)
+  with pytest.raises(tc.TeacherCacheError, match="cannot resume.*format_version=1"):
+    tc.TeacherCacheWriter(tmp_path, k=K, vocab_size=V, tokenizer_fingerprint=FP)
 
 
 def test_resume_after_interruption(tmp_path):
