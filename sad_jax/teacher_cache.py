@@ -95,13 +95,24 @@ def pack_indices(ids: np.ndarray, bits: int) -> np.ndarray:
   """``ids`` (any shape, values in ``[0, 2**bits)``) -> a little-endian bit stream.
 
   Returns ``uint8 [ceil(ids.size * bits / 8)]``; id ``i`` (row-major) occupies bits
-  ``[i b, (i + 1) b)``. Inverse: :func:`unpack_indices`.
+  ``[i b, (i + 1) b)``. Eight ids fill exactly ``b`` bytes, so each group of eight
+  is assembled with shifts and ORs. Inverse: :func:`unpack_indices`.
   """
+  if not 1 <= bits <= 31:
+    raise ValueError(f"bits must be in [1, 31], got {bits}")
   flat = np.asarray(ids, np.uint64).reshape(-1)
-  shifts = np.arange(bits, dtype=np.uint64)
-  chunks = [np.packbits(((flat[i:i + _PACK_CHUNK, None] >> shifts) & 1).astype(np.uint8),
-                        bitorder="little")
-            for i in range(0, flat.size, _PACK_CHUNK)]
+  chunks = []
+  for i in range(0, flat.size, _PACK_CHUNK):
+    chunk = flat[i:i + _PACK_CHUNK]
+    groups = np.zeros((-(-chunk.size // 8), 8), np.uint64)
+    groups.reshape(-1)[:chunk.size] = chunk
+    out = np.zeros((groups.shape[0], bits + 5), np.uint8)  # 5 spare: a shifted id's spill
+    for j in range(8):
+      first, shift = divmod(j * bits, 8)
+      word = groups[:, j] << np.uint64(shift)
+      for m in range(5):  # shift + bits <= 38: five bytes
+        out[:, first + m] |= ((word >> np.uint64(8 * m)) & np.uint64(0xFF)).astype(np.uint8)
+    chunks.append(out[:, :bits].reshape(-1)[:-(-chunk.size * bits // 8)])
   return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
 
 
