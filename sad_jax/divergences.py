@@ -399,13 +399,15 @@ def _tv_bwd_rows(s, t, norm_a, norm_b, q_sign, p_sign, g, temperature):
 _tv_kernel.defvjp(_tv_fwd, _tv_bwd)
 
 
-BLOCK_ELEMENTS = 1 << 22
+BLOCK_ELEMENTS = 1 << 19
 """Work-block size (elements) of the fused kernels: rows of the flattened
-``[N, V]`` logits are processed in blocks of about this many elements (16 MiB of
+``[N, V]`` logits are processed in blocks of about this many elements (2 MiB of
 float32), so the intermediates are block-sized and only the inputs and the
-gradients are ``[N, V]``. Measured on a 2-core CPU (README, "Performance"),
-2**22 beat 2**18 at V = 151936, where 2**18 means one row per block and the
-reductions run on one core; at V = 32000 the two were within noise."""
+gradients are ``[N, V]``. Measured on a 2-core CPU (README, "Performance",
+``benchmarks/divergence_speed.py --block-elements``): with the session-3 kernels,
+2**19 beat 2**22 by 1.3-1.5x on forward/reverse KL at V = 32000 and V = 151936
+(the block's intermediates stay in cache between the kernel's passes); 2**16 and
+smaller lose to the per-block overhead."""
 
 
 def _row_block(rows: int, vocab: int) -> int:
