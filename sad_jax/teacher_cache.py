@@ -100,10 +100,10 @@ def pack_indices(ids: np.ndarray, bits: int) -> np.ndarray:
   """
   if not 1 <= bits <= 31:
     raise ValueError(f"bits must be in [1, 31], got {bits}")
-  flat = np.asarray(ids, np.uint64).reshape(-1)
+  flat = np.asarray(ids).reshape(-1)
   chunks = []
-  for i in range(0, flat.size, _PACK_CHUNK):
-    chunk = flat[i:i + _PACK_CHUNK]
+  for i in range(0, flat.size, _PACK_CHUNK):  # uint64 copies of one chunk at a time
+    chunk = flat[i:i + _PACK_CHUNK].astype(np.uint64)
     groups = np.zeros((-(-chunk.size // 8), 8), np.uint64)
     groups.reshape(-1)[:chunk.size] = chunk
     out = np.zeros((groups.shape[0], bits + 5), np.uint8)  # 5 spare: a shifted id's spill
@@ -219,7 +219,7 @@ class TeacherCacheWriter:
     if indices.size and (indices.min() < 0 or indices.max() >= self.manifest["vocab_size"]):
       raise ValueError(f"indices must lie in [0, {self.manifest['vocab_size']})")
     dtype = LOGPROB_DTYPES[self.manifest["logprob_dtype"]]
-    self._pending.append((indices.astype(np.int64),
+    self._pending.append((indices.astype(np.int32),
                           logprobs.astype(np.float32).astype(dtype).view(np.uint16),
                           tokens.shape[0], _token_crc(tokens)))
     self._pending_tokens += tokens.shape[0]
