@@ -598,6 +598,21 @@ def markdown_table(summary: dict) -> str:
   for m, agg in summary["methods"].items():
     cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k, _ in METRICS]
     lines.append(f"| {m} | {len(agg['seeds'])} | " + " | ".join(cells) + " |")
+  # Success per seed: a seed fixes the initialization and batch order for every
+  # method, so differences within a column are paired comparisons.
+  success = {(r["method"], r["seed"]): r["success"] for r in summary["runs"]}
+  seeds = sorted({r["seed"] for r in summary["runs"]})
+  paired = "token_kd" in summary["methods"]
+  lines += ["", "| success | " + " | ".join(f"seed {s}" for s in seeds)
+            + (" | − token_kd, per seed |" if paired else " |"),
+            "|---|" + "---|" * (len(seeds) + paired)]
+  for m in summary["methods"]:
+    row = [f"{success[(m, s)]:.3f}" if (m, s) in success else "–" for s in seeds]
+    if paired:
+      row.append(", ".join(f"{success[(m, s)] - success[('token_kd', s)]:+.3f}" for s in seeds
+                           if (m, s) in success and ("token_kd", s) in success)
+                 if m != "token_kd" else "")
+    lines.append(f"| {m} | " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
 
 

@@ -269,6 +269,7 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   assert any("loss/reasoning" in r and "loss/action" in r for r in sad_log if r["kind"] == "train")
   table = (tmp_path / "summary.md").read_text()
   assert "| sad | 1 |" in table and "| sft | 1 |" in table
+  assert "| success | seed 0 |" in table and "− token_kd" not in table  # no KD run to pair
   # A second invocation finds every phase done and only rewrites the report.
   mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")}
   again = da.run(cfg, tmp_path)
@@ -289,5 +290,7 @@ def test_command_line_with_config_overrides(tmp_path):
          "--config.methods=sft,token_kd", "--config.student.steps=10"]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1200)
   assert "| token_kd | 1 |" in out.stdout
+  sft_row = next(l for l in out.stdout.splitlines() if l.startswith("| sft | ") and "±" not in l)
+  assert sft_row.count("|") == 4 and ("+" in sft_row or "-" in sft_row)  # seed 0, − token_kd
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["student_steps"] == 10 and set(summary["methods"]) == {"sft", "token_kd"}
