@@ -55,6 +55,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from flax import traverse_util  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -104,17 +105,6 @@ def csv_list(value, cast=str) -> list:
   return [cast(value)]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def check_workdir_config(cfg, workdir: pathlib.Path) -> None:
   """Refuses a workdir whose cached phases come from another config.
 
@@ -126,8 +116,8 @@ def check_workdir_config(cfg, workdir: pathlib.Path) -> None:
   path = workdir / "config.json"
   if not path.exists():
     return
-  old = flatten(json.loads(path.read_text()))
-  new = flatten(json.loads(cfg.to_json_best_effort()))
+  old = traverse_util.flatten_dict(json.loads(path.read_text()), sep=".")
+  new = traverse_util.flatten_dict(json.loads(cfg.to_json_best_effort()), sep=".")
   changed = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
              for k in sorted(set(old) | set(new))
              if k not in ("methods", "seeds") and old.get(k) != new.get(k)]
