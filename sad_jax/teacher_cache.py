@@ -120,9 +120,11 @@ def unpack_indices(packed: np.ndarray, bits: int, start: int, count: int) -> np.
   """Ids ``start .. start + count - 1`` of a :func:`pack_indices` stream, ``int32 [count]``."""
   if not 1 <= bits <= 31:
     raise ValueError(f"bits must be in [1, 31], got {bits}")
-  offset = (start + np.arange(count, dtype=np.int64)) * bits
+  first = start * bits >> 3  # only the bytes of the requested ids are copied
+  window = packed[first:(((start + count) * bits + 7) >> 3)]
+  offset = (start + np.arange(count, dtype=np.int64)) * bits - 8 * first
   byte, shift = offset >> 3, (offset & 7).astype(np.uint64)
-  padded = np.concatenate([packed, np.zeros(5, np.uint8)])
+  padded = np.concatenate([window, np.zeros(5, np.uint8)])
   word = np.zeros(count, np.uint64)
   for j in range(5):  # shift + bits <= 7 + 31 < 40: five bytes hold every id
     word |= padded[byte + j].astype(np.uint64) << np.uint64(8 * j)
