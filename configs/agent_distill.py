@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data_seed = 0
   c.min_ops, c.max_ops = 2, 3
   c.max_turns = 6             # environment turn limit (3 tool calls + answer need 4)
-  c.num_train_tasks = 8000    # expert demonstrations for the teacher
+  c.num_train_tasks = 30000   # expert demonstrations for the teacher (8000: 88.2% held-out)
   c.num_distill_tasks = 2000  # teacher rollouts on train tasks: the students' data
   c.num_eval_tasks = 1000     # held-out tasks of the final evaluations
   c.num_curve_tasks = 200     # held-out tasks of the learning-curve evaluations
@@ -74,7 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.teacher = ml_collections.ConfigDict()
   c.teacher.model = _model(128, 2, 4, 512)
-  c.teacher.steps = 3000
+  c.teacher.steps = 3500
   c.teacher.learning_rate = 3e-3
   c.teacher.warmup_steps = 100
   c.teacher.eval_every = 500

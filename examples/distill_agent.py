@@ -162,7 +162,7 @@ class Batches:
     self.buckets = sorted(buckets)
     self.batch_size = batch_size
     self.seed = seed
-    self.teacher_logits: list[np.ndarray] | None = None
+    self.teacher_logits: np.ndarray | None = None
     members: dict[int, list[int]] = {b: [] for b in self.buckets}
     for i, ex in enumerate(self.examples):
       n = len(ex.ids)
@@ -171,11 +171,15 @@ class Batches:
     sizes = np.asarray([len(m) for m in self.members.values()], np.float64)
     self.probs = sizes / sizes.sum()
 
-  def attach_teacher(self, teacher_logits: list[np.ndarray]) -> "Batches":
-    """Makes :meth:`get` add ``teacher``; ``teacher_logits[i]``: ``[n_i, V]`` (row prefix)."""
+  def attach_teacher(self, teacher_logits: np.ndarray) -> "Batches":
+    """Makes :meth:`get` add ``teacher``; ``teacher_logits``: :func:`teacher_logits`'s
+    ``[num_examples, max(buckets), V]`` array (row ``i`` zero past example ``i``)."""
     if len(teacher_logits) != len(self.examples):
-      raise ValueError(f"{len(teacher_logits)} teacher logit arrays for "
+      raise ValueError(f"{len(teacher_logits)} teacher logit rows for "
                        f"{len(self.examples)} examples")
+    if teacher_logits.shape[1] != self.buckets[-1]:
+      raise ValueError(f"teacher logits of length {teacher_logits.shape[1]}, the largest "
+                       f"bucket is {self.buckets[-1]}")
     self.teacher_logits = teacher_logits
     return self
 
@@ -190,33 +194,34 @@ class Batches:
     b = tj.batch([self.examples[i] for i in idx], seq_len=bucket)
     out = {"tokens": b.tokens, "labels": b.labels, "span_ids": b.span_ids}
     if self.teacher_logits is not None:
-      vocab = self.teacher_logits[0].shape[-1]
-      teacher = np.zeros((len(idx), bucket, vocab), np.float32)
-      for row, i in enumerate(idx):
-        n = min(len(self.teacher_logits[i]), bucket)
-        teacher[row, :n] = self.teacher_logits[i][:n]
-      out["teacher"] = teacher
+      out["teacher"] = self.teacher_logits[idx, :bucket]  # one gather, not a row loop
     return out
 
 
 def teacher_logits(teacher_apply: Callable, teacher_params, batches: Batches,
-                   chunk: int = 64) -> list[np.ndarray]:
-  """The teacher's logits on every example's batch row (float32 ``[n_i, V]``).
+                   chunk: int = 64) -> np.ndarray:
+  """The teacher's logits on every example's batch row: float32 ``[N, max(buckets), V]``.
 
-  The students' data is fixed, so the teacher runs once over it instead of once
-  per training step (each example always lands in the same bucket, and a
-  causal model's logits on a row do not depend on the padding after it).
+  Row ``i`` holds example ``i``'s logits on its tokens and zeros after them. The
+  students' data is fixed, so the teacher runs once over it instead of once per
+  training step (each example always lands in the same bucket, and a causal
+  model's logits on a row do not depend on the padding after it). One array
+  makes a batch's teacher a single gather (``Batches.get``).
   """
   forward = jax.jit(teacher_apply)
-  out: list[np.ndarray | None] = [None] * len(batches.examples)
+  out = None
   for bucket, members in batches.members.items():
     for start in range(0, len(members), chunk):
       idx = members[start:start + chunk]
       rows = np.resize(idx, chunk)  # a fixed shape: one compilation per bucket
       tokens = tj.batch([batches.examples[i] for i in rows], seq_len=bucket).tokens
       logits = np.asarray(forward(teacher_params, jnp.asarray(tokens)), np.float32)
+      if out is None:
+        out = np.zeros((len(batches.examples), batches.buckets[-1], logits.shape[-1]),
+                       np.float32)
       for row, i in enumerate(idx):
-        out[i] = logits[row, :min(len(batches.examples[i].ids), bucket)].copy()
+        n = min(len(batches.examples[i].ids), bucket)
+        out[i, :n] = logits[row, :n]
   return out
 
 
@@ -508,7 +513,7 @@ def distill_data_phase(cfg, workdir: pathlib.Path, data: Data, graphdef, params)
 
 def student_phase(cfg, workdir: pathlib.Path, data: Data, method: str, seed: int,
                   examples, teacher_graphdef, teacher_params,
-                  teacher_cache: list[np.ndarray] | None = None) -> dict:
+                  teacher_cache: np.ndarray | None = None) -> dict:
   """Trains and evaluates one student; returns (and stores) its result.
 
   ``teacher_cache``: :func:`teacher_logits` of ``examples`` (computed here when

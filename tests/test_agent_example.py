@@ -181,6 +181,26 @@ def test_kv_cache_decode_matches_full_forward(tokenizer):
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("t", [1, 7, 50])
+def test_query_blocks_change_no_logit(t):
+  import dataclasses
+  import jax
+  import numpy as np
+  from flax import nnx
+  from examples import agent_lm as lm
+  cfg = lm.ModelConfig(vocab_size=40, d_model=16, num_layers=2, num_heads=2, d_ff=32,
+                       max_len=64, query_blocks=1)
+  graphdef, params = lm.create_model(cfg, seed=3)
+  tokens = jax.random.randint(jax.random.key(t), (3, t), 0, 40)
+  one = lm.make_apply(graphdef)(params, tokens)
+  for blocks in (2, 4, 64):
+    blocked = nnx.merge(*lm.create_model(dataclasses.replace(cfg, query_blocks=blocks), 3))
+    nnx.update(blocked, params)
+    np.testing.assert_allclose(blocked(tokens), one, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="query_blocks=0"):
+    dataclasses.replace(cfg, query_blocks=0)
+
+
 def test_model_policy_runs_episodes_in_a_batch(tokenizer):
   from examples import agent_lm as lm
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
@@ -247,7 +267,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
     assert b["teacher"].shape == online.shape
     np.testing.assert_allclose(b["teacher"][valid], online[valid], rtol=1e-5, atol=1e-5)
     assert not b["teacher"][~valid].any()
-  with pytest.raises(ValueError, match="2 teacher logit arrays for 12 examples"):
+  with pytest.raises(ValueError, match="2 teacher logit rows for 12 examples"):
     batches.attach_teacher(batches.teacher_logits[:2])
 
 
