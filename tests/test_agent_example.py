@@ -269,6 +269,8 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
     assert not b["teacher"][~valid].any()
   with pytest.raises(ValueError, match="2 teacher logit rows for 12 examples"):
     batches.attach_teacher(batches.teacher_logits[:2])
+  with pytest.raises(ValueError, match="teacher logits of length 150, the largest bucket is 208"):
+    batches.attach_teacher(batches.teacher_logits[:, :150])
 
 
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
