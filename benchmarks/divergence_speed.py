@@ -5,12 +5,12 @@ loaded machine slows every variant alike:
 
 * ``naive``: the optax / ``jax.nn`` composition under ``jax.value_and_grad``
   (for ``forward_kl``: ``optax.kl_divergence(log_softmax(s/T), softmax(t/T))``);
-* ``sad_jax``: the public :mod:`sad_jax.divergences` function (fused custom VJP);
+* ``sad_jax``: the public :mod:`sad_jax.losses._divergences` function (fused custom VJP);
 * ``a + b``: one elementwise pass over the same two arrays, the memory-bound floor.
 
 Each entry is the median over ``--repeats`` rounds of the mean of ``--inner`` calls.
 ``--block-elements 18,20,22`` adds one ``sad_jax`` variant per row-block size
-``2**k`` (:data:`sad_jax.divergences.BLOCK_ELEMENTS`, read when the function is
+``2**k`` (:data:`sad_jax.losses._divergences.BLOCK_ELEMENTS`, read when the function is
 traced), printed as extra rows; ``--baseline-rev REV`` adds the divergences module
 as it was at git revision ``REV`` (an A/B of a kernel change in one process).
 
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sad_jax import divergences as D
+from sad_jax.losses import _divergences as D
 
 T = 2.0
 _ARGS: list = []  # the current size's (s, t), for ahead-of-time compilation

@@ -15,7 +15,7 @@ run's) is printed too, as is XLA's
   (full ``[N, V]`` logits, autodiff, sad_jax's fast divergence);
 * ``optax``: the same with the optax composition
   ``optax.kl_divergence(log_softmax(s / T), softmax(t / T))`` (the issue's naive path);
-* ``fused``: :func:`sad_jax.fused.fused_distill_loss`.
+* ``fused``: :func:`sad_jax.backends._fused.fused_distill_loss`.
 
 Usage (the naive variant at the default size needs ~6 GB; run alone)::
 
@@ -44,8 +44,8 @@ def _child(variant, n, d, vocab, repeats, chunk_size):
   import optax
   import psutil
 
-  from sad_jax import divergences
-  from sad_jax import fused
+  from sad_jax.losses import _divergences as divergences
+  from sad_jax.backends import _fused as fused
 
   keys = jax.random.split(jax.random.key(0), 4)
   hs = jax.random.normal(keys[0], (n, d), jnp.float32)

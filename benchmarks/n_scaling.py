@@ -20,8 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from sad_jax import divergences
-from sad_jax import fused
+from sad_jax.losses import _divergences as divergences
+from sad_jax.backends import _fused as fused
 
 
 def _median_time(fn, args, repeats):

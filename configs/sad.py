@@ -2,7 +2,7 @@
 
 Usable with ``ml_collections.config_flags.DEFINE_config_file`` (overrides such as
 ``--config.temperature=2.0`` then apply on top) or with
-``sad_jax.config.load_config("configs/sad.py:research")``.
+``sad_jax.objective._config.load_config("configs/sad.py:research")``.
 
 Presets (``get_config()`` without an argument gives ``paper``):
 
@@ -35,7 +35,7 @@ Presets (``get_config()`` without an argument gives ``paper``):
 """
 from __future__ import annotations
 
-from sad_jax import config as config_lib
+from sad_jax.objective import _config as config_lib
 
 PRESETS = ("paper", "production", "research", "fast")
 

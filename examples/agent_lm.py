@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sad_jax import trajectories as tj
-from sad_jax.spans import SpanType
+from sad_jax.data import trajectories as tj
+from sad_jax.objective._spans import SpanType
 
 PAD = "<pad>"
 IM_END = "<|im_end|>"
@@ -58,7 +58,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Tokenizer:
 def encode_trajectory(text: str, tokenizer: Tokenizer, *, strict: bool = True) -> tj.Tokenized:
   """Tokenizes a ChatML trajectory with ``sad_jax`` span ids (per input token).
 
-  Segmentation is ``sad_jax.trajectories.segment(format="chatml", strict=strict)``
+  Segmentation is ``sad_jax.data.trajectories.segment(format="chatml", strict=strict)``
   (``strict=False`` for model-written text, which may be malformed). One change:
   the ``<|im_end|>`` closing an assistant turn (``OTHER`` glue for the
   segmenter) becomes ``ACTION``: emitting it is the agent's decision to end its

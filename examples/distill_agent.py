@@ -20,7 +20,7 @@ a checkpoint first, a hard kill loses at most ``checkpoint_every`` steps):
    successful ones are the students' data (``distill_data.jsonl``).
 4. **Students.** One run per (method, seed) in ``students/METHOD-seedS/``: SFT
    on the teacher trajectories, or distillation (token-level KD, SAD, SAD
-   weighting strategies) through :func:`sad_jax.train.make_train_step` and
+   weighting strategies) through :func:`sad_jax.training._step.make_train_step` and
    :func:`sad_jax.sad_loss` from the teacher's logits, computed once over the
    students' data (an offline teacher: the same numbers as an online one).
    Learning curves: success on ``num_curve_tasks`` held-out tasks and per-span
@@ -62,10 +62,14 @@ from tqdm import tqdm  # noqa: E402
 
 from examples import agent_lm as lm  # noqa: E402
 from examples.agent_env import calculator as calc  # noqa: E402
-from sad_jax import config as sad_config  # noqa: E402
-from sad_jax import checkpoint, divergences, objective, spans, train  # noqa: E402
-from sad_jax import trajectories as tj  # noqa: E402
-from sad_jax.spans import SpanType  # noqa: E402
+from sad_jax.objective import _config as sad_config
+from sad_jax.training import checkpoint
+from sad_jax.losses import _divergences as divergences
+from sad_jax.objective import _sad as objective
+from sad_jax.objective import _spans as spans
+from sad_jax.training import _step as train
+from sad_jax.data import trajectories as tj
+from sad_jax.objective._spans import SpanType  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(ROOT / "configs" / "agent_distill.py"), "Experiment config (file[:preset]).")
@@ -266,11 +270,11 @@ def optimizer(run_cfg) -> optax.GradientTransformation:
 
 
 def make_ce_step(apply: Callable, tx: optax.GradientTransformation) -> Callable:
-  """Hard-label train step (teacher training and SFT), same state/metrics as sad_jax.train.
+  """Hard-label train step (teacher training and SFT), same state/metrics as sad_jax.training._step.
 
   Loss: the mean cross-entropy over reasoning and action tokens
-  (:func:`sad_jax.objective.hard_label_ce`, reduced by
-  :func:`sad_jax.objective.reduce_tokens`, ``tokens`` normalization).
+  (:func:`sad_jax.objective._sad.hard_label_ce`, reduced by
+  :func:`sad_jax.objective._sad.reduce_tokens`, ``tokens`` normalization).
   """
 
   def loss_fn(params, batch):
@@ -390,7 +394,7 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
                  eval_fn: Callable[[Any], dict]) -> train.TrainState:
   """Trains ``state`` to ``steps``, resuming from ``run_dir/ckpt``; logs to metrics.jsonl.
 
-  A checkpoint (:class:`sad_jax.checkpoint.Checkpointer`: the TrainState and the
+  A checkpoint (:class:`sad_jax.training.checkpoint.Checkpointer`: the TrainState and the
   data position) is written every ``cfg.checkpoint_every`` steps, at the end, and
   on Ctrl-C / SIGTERM (then the interrupt propagates). Log lines past the
   restored step (written after the last checkpoint of an interrupted run) are

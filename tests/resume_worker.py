@@ -31,7 +31,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tiny_lm  # noqa: E402
-from sad_jax import checkpoint, sharding, train  # noqa: E402
+from sad_jax.training import checkpoint
+from sad_jax.parallel import _sharding as sharding
+from sad_jax.training import _step as train
 
 
 def main() -> None:

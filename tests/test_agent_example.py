@@ -13,8 +13,8 @@ if str(ROOT) not in sys.path:
 
 from examples.agent_env import calculator as calc  # noqa: E402
 from examples.agent_env import loop as rollout_lib  # noqa: E402
-from sad_jax import trajectories as tj  # noqa: E402
-from sad_jax.spans import SpanType  # noqa: E402
+from sad_jax.data import trajectories as tj
+from sad_jax.objective._spans import SpanType  # noqa: E402
 
 
 # ---------------------------------------------------------------- environment
@@ -218,7 +218,7 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
   import numpy as np
   from examples import agent_lm as lm
   from examples import distill_agent as da
-  from sad_jax import train
+  from sad_jax.training import _step as train
   cfg = da.ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
   examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
               for t in calc.generate_tasks("train", 16, seed=0)]

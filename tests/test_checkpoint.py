@@ -14,8 +14,8 @@ import optax
 import pytest
 
 import tiny_lm
-from sad_jax import checkpoint
-from sad_jax import train
+from sad_jax.training import checkpoint
+from sad_jax.training import _step as train
 
 WORKER = pathlib.Path(__file__).resolve().parent / "resume_worker.py"
 STEPS = 8  # saves every 3 steps: 3 and 6

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from sad_jax import config as config_lib
+from sad_jax.objective import _config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAD_PY = ROOT / "configs" / "sad.py"
@@ -147,7 +147,7 @@ def test_load_errors_name_the_field(tmp_path):
 
 def test_python_config_file_with_get_config(tmp_path):
   p = tmp_path / "mine.py"
-  p.write_text("from sad_jax.config import default_config\n"
+  p.write_text("from sad_jax.objective._config import default_config\n"
                "def get_config(arg=None):\n"
                "  c = default_config()\n"
                "  c.temperature = float(arg or 3)\n"

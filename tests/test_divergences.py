@@ -14,7 +14,7 @@ import pytest
 from absl.testing import parameterized
 from jax import test_util as jtu
 
-from sad_jax import divergences as D
+from sad_jax.losses import _divergences as D
 from references import np_kl, np_softmax
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import divergences as D
+from sad_jax.losses import _divergences as D
 
 FAST = ["forward_kl", "reverse_kl", "generalized_jsd", "total_variation"]
 KWARGS = {"generalized_jsd": {"beta": 0.3}}

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import config as config_lib
-from sad_jax import divergences as D
-from sad_jax import objective
-from sad_jax import state as state_lib
-from sad_jax import fused
-from sad_jax.fused import fused_distill_loss
+from sad_jax.objective import _config as config_lib
+from sad_jax.losses import _divergences as D
+from sad_jax.objective import _sad as objective
+from sad_jax.objective import _state as state_lib
+from sad_jax.backends import _fused as fused
+from sad_jax.backends._fused import fused_distill_loss
 
 N, DS, DT, V = 29, 8, 12, 40
 _jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})

@@ -12,12 +12,12 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as PS
 
-from sad_jax import config as config_lib
-from sad_jax import divergences
-from sad_jax import objective
-from sad_jax import regularizers
-from sad_jax import state as state_lib
-from sad_jax.spans import SpanType as S
+from sad_jax.objective import _config as config_lib
+from sad_jax.losses import _divergences as divergences
+from sad_jax.objective import _sad as objective
+from sad_jax.losses import _regularizers as regularizers
+from sad_jax.objective import _state as state_lib
+from sad_jax.objective._spans import SpanType as S
 from references import np_kl, np_softmax
 
 P, R, A, O, X, PAD = S.PROMPT, S.REASONING, S.ACTION, S.OBSERVATION, S.OTHER, S.PAD

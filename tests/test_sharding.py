@@ -12,12 +12,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tiny_lm
-from sad_jax import config as sad_config
-from sad_jax import divergences
-from sad_jax import objective
-from sad_jax import sharding
-from sad_jax import state as state_lib
-from sad_jax import train
+from sad_jax.objective import _config as sad_config
+from sad_jax.losses import _divergences as divergences
+from sad_jax.objective import _sad as objective
+from sad_jax.parallel import _sharding as sharding
+from sad_jax.objective import _state as state_lib
+from sad_jax.training import _step as train
 
 DIVERGENCES = {"forward_kl": {}, "generalized_jsd": {"beta": 0.3}}
 LAYOUTS = {

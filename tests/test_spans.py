@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import spans
-from sad_jax.spans import NUM_SPAN_TYPES, SpanType
+from sad_jax.objective import _spans as spans
+from sad_jax.objective._spans import NUM_SPAN_TYPES, SpanType
 
 SPAN_IDS = np.array([[1, 2, 2, 3, 4, 0], [2, 3, 3, 5, 0, 0]], np.int32)
 VALUES = np.array([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]], np.float32)
@@ -63,7 +63,7 @@ def test_span_counts_with_where_and_under_jit():
 
 
 def test_span_helpers_match_host_side_counts():
-  from sad_jax import trajectories as tj  # pylint: disable=g-import-not-at-top
+  from sad_jax.data import trajectories as tj
   np.testing.assert_allclose(spans.span_counts(SPAN_IDS, per_row=True), tj.span_token_counts(SPAN_IDS))
 
 

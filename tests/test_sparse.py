@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import config as config_lib
-from sad_jax import divergences as D
-from sad_jax import objective
-from sad_jax import sparse as S
-from sad_jax import state as state_lib
+from sad_jax.objective import _config as config_lib
+from sad_jax.losses import _divergences as D
+from sad_jax.objective import _sad as objective
+from sad_jax.losses import _sparse as S
+from sad_jax.objective import _state as state_lib
 
 POLICIES = sorted(S.TAIL_POLICIES)
 # Every policy runs by default with a fast KL, the reverse KL (mode-seeking, infinite

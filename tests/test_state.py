@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import config as config_lib
-from sad_jax import state as S
-from sad_jax.spans import NUM_SPAN_TYPES
+from sad_jax.objective import _config as config_lib
+from sad_jax.objective import _state as S
+from sad_jax.objective._spans import NUM_SPAN_TYPES
 
 
 def _metrics(div, agree, kl, counts):

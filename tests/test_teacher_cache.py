@@ -8,8 +8,8 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from sad_jax import divergences as D
-from sad_jax import teacher_cache as tc
+from sad_jax.losses import _divergences as D
+from sad_jax.data import teacher_cache as tc
 
 V, K = 50, 4
 FP = tc.tokenizer_fingerprint('{"model": "toy"}')

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import tiny_lm
-from sad_jax import train
+from sad_jax.training import _step as train
 
 
 def record_grads() -> optax.GradientTransformation:
@@ -74,7 +74,8 @@ def test_accumulation_is_not_a_mean_of_micro_batch_means():
   # so averaging their own means would give another loss than the full batch's.
   batch = _batch()
   cfg = _config()
-  from sad_jax import objective, state as state_lib  # pylint: disable=g-import-not-at-top
+  from sad_jax.objective import _sad as objective
+  from sad_jax.objective import _state as state_lib
   logits = tiny_lm.apply(tiny_lm.init(jax.random.key(1)), batch)
   sad = state_lib.init_state(cfg.objective)
   halves = [jax.tree.map(lambda x, i=i: x[i::2], (logits, batch)) for i in range(2)]
@@ -163,7 +164,7 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match=r"config.normalization = 'mean' is invalid"):
     train.resolve_config({"objective": {"normalization": "mean"}})
   with pytest.raises(ValueError, match=r"no 'objective' field"):
-    from sad_jax import config as sad_config  # pylint: disable=g-import-not-at-top
+    from sad_jax.objective import _config as sad_config
     train.resolve_config(sad_config.default_config())
   step = train.make_train_step(tiny_lm.apply, record_grads(), _config(accumulation_steps=3))
   state = train.init_train_state(tiny_lm.init(jax.random.key(1)), record_grads(), _config())

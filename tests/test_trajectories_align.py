@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from sad_jax.spans import SpanType
-from sad_jax import trajectories as tj
+from sad_jax.objective._spans import SpanType
+from sad_jax.data import trajectories as tj
 
 
 def reference_span_ids(seg: tj.Segmented, offsets) -> list[int]:

@@ -1,4 +1,4 @@
-"""``python -m sad_jax.trajectories inspect|stats``."""
+"""``python -m sad_jax.data.trajectories inspect|stats``."""
 from __future__ import annotations
 
 import io
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sad_jax import trajectories as tj
-from sad_jax.trajectories.__main__ import main
+from sad_jax.data import trajectories as tj
+from sad_jax.data.trajectories.__main__ import main
 
 
 def run(*argv) -> str:

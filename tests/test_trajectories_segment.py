@@ -9,8 +9,8 @@ import hypothesis
 from hypothesis import strategies as st
 import pytest
 
-from sad_jax.spans import SpanType
-from sad_jax import trajectories as tj
+from sad_jax.objective._spans import SpanType
+from sad_jax.data import trajectories as tj
 
 P, R, A, O, X = (SpanType.PROMPT, SpanType.REASONING, SpanType.ACTION,
                  SpanType.OBSERVATION, SpanType.OTHER)

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sad_jax import config as config_lib
-from sad_jax import state as state_lib
-from sad_jax import weighting as W
-from sad_jax.spans import SpanType as S
+from sad_jax.objective import _config as config_lib
+from sad_jax.objective import _state as state_lib
+from sad_jax.objective import _weighting as W
+from sad_jax.objective._spans import SpanType as S
 
 P, R, A, O, X, PAD = S.PROMPT, S.REASONING, S.ACTION, S.OBSERVATION, S.OTHER, S.PAD
 # Two rows with different layouts: row 0 is reasoning-heavy, row 1 action-heavy.

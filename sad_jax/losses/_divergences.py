@@ -1,0 +1,892 @@
+r"""Per-token distillation divergences between a teacher and a student.
+
+Every function here has the signature
+
+.. code-block:: python
+
+  fn(student_logits, teacher_logits, *, temperature=1.0, where=None, **params) -> Array[...]
+
+for logits of shape ``[..., V]``: the divergence is reduced over the vocabulary
+axis only, one value per token. With :math:`T` the temperature,
+
+.. math::
+  p = \mathrm{softmax}(z_{\text{teacher}} / T), \qquad
+  q = \mathrm{softmax}(z_{\text{student}} / T).
+
+Conventions (see ``DESIGN.md``):
+
+* ``forward_kl`` is :math:`KL(p \| q)` (mean-seeking; Hinton et al., SAD),
+  ``reverse_kl`` is :math:`KL(q \| p)`.
+* The Hinton :math:`T^2` factor is *not* applied here; the objective applies it once.
+* ``where`` is a boolean token mask of shape ``[...]``. Masked tokens give exactly 0
+  and exactly zero gradient, even when their logits are NaN or all ``-inf``.
+* A logit of ``-inf`` marks an impossible token; :math:`0 \log 0 = 0`, so masked
+  vocabulary entries (e.g. from :func:`pad_vocab`) keep every divergence finite.
+  A divergence is ``+inf`` only where the math says so (e.g. :math:`KL(p\|q)` with
+  :math:`p_i > 0 = q_i`).
+* Inputs of any float dtype are computed in (at least) float32 and returned in
+  float32; float64 stays float64 when ``jax_enable_x64`` is on.
+* Gradients are meant for the student; the teacher's gradient is finite but not
+  part of the contract (wrap teacher logits in ``jax.lax.stop_gradient``).
+* ``forward_kl``, ``reverse_kl``, ``generalized_jsd`` and ``total_variation`` run a
+  fused ``custom_vjp`` path for dense teachers (see :func:`_fast_dense`): the forward
+  pass saves only per-token log-normalizers and values, and the backward pass forms
+  the student gradient, the *true* teacher gradient and the temperature gradient in
+  one pass over the logits (unused ones are removed under ``jit``).
+* The f-divergences (``SPARSE_DIVERGENCES``) also accept a
+  :class:`sad_jax.losses._sparse.SparseTeacher` in place of dense teacher logits; its tail
+  policy maps both sides to a small support first. The others raise a ValueError.
+
+Static parameters (``beta``, ``alpha``, ``top_k`` …) must be Python numbers; the
+temperature may be a traced scalar (e.g. from ``SADState``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from sad_jax.losses import _sparse as sparse_lib
+
+Divergence = Callable[..., jax.Array]
+
+
+# ---------------------------------------------------------------------------
+# Input handling.
+# ---------------------------------------------------------------------------
+
+
+def _check_temperature(temperature) -> None:
+  try:
+    value = float(temperature)
+  except (TypeError, jax.errors.ConcretizationTypeError,
+          jax.errors.TracerArrayConversionError):
+    if jnp.ndim(temperature) != 0:
+      raise ValueError(
+          f"temperature must be a scalar, got shape {jnp.shape(temperature)}") from None
+    return  # A traced scalar: its range is the caller's (SADState's) business.
+  if not (value > 0 and math.isfinite(value)):
+    raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _check_static(name: str, value, fn: str, lo: float, hi: float, *,
+                  lo_open: bool = False, hi_open: bool = False, hint: str = "") -> float:
+  if isinstance(value, (bool, jax.Array)) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{fn}: {name} must be a Python number, got {value!r}")
+  value = float(value)
+  lo_ok = value > lo if lo_open else value >= lo
+  hi_ok = value < hi if hi_open else value <= hi
+  if not (lo_ok and hi_ok and math.isfinite(value)):
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    raise ValueError(f"{fn}: {name} must lie in {interval}, got {value!r}{hint}")
+  return value
+
+
+def _as_float(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
+  if x.ndim < 1:
+    raise ValueError(f"{name} must have a vocabulary axis (rank >= 1), got shape {x.shape}")
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _prepare(student_logits, teacher_logits, temperature, where, *, fn: str):
+  """Validates inputs; returns float32 (log-)probabilities and the token mask.
+
+  Masked tokens have their logits replaced by zeros *before* any arithmetic, so
+  NaN or all ``-inf`` rows there cannot poison values or gradients. A
+  :class:`~sad_jax.losses._sparse.SparseTeacher` is reduced by its tail policy to aligned
+  log-distributions on a small support (only for ``SPARSE_DIVERGENCES``).
+  """
+  if isinstance(teacher_logits, sparse_lib.SparseTeacher):
+    return _prepare_sparse(student_logits, teacher_logits, temperature, where, fn)
+  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
+  log_q = jax.nn.log_softmax(s / temperature, axis=-1)
+  log_p = jax.nn.log_softmax(t / temperature, axis=-1)
+  return log_q, log_p, where
+
+
+def _prepare_sparse(student_logits, teacher, temperature, where, fn: str):
+  if fn not in SPARSE_DIVERGENCES:
+    raise ValueError(
+        f"{fn} does not accept a SparseTeacher: it is not an f-divergence, so the "
+        "teacher's missing tail cannot be represented exactly; pass dense teacher "
+        f"logits, or use one of {', '.join(SPARSE_DIVERGENCES)}")
+  s = _as_float("student_logits", student_logits)
+  _check_temperature(temperature)
+  where = _check_where(where, s.shape)
+  if where is not None:
+    s = jnp.where(where[..., None], s, 0.0)
+  log_q, log_p = sparse_lib.reduce_to_support(s, teacher, temperature, where)
+  return log_q, log_p, where
+
+
+def _check_where(where, shape):
+  if where is None:
+    return None
+  where = jnp.asarray(where)
+  if where.shape != shape[:-1]:
+    raise ValueError(
+        f"where must have the token shape {shape[:-1]} (logits without the vocab "
+        f"axis), got {where.shape}")
+  return where.astype(bool)
+
+
+def _clean_dense(student_logits, teacher_logits, temperature, where):
+  """Validates dense inputs; returns float logits with masked rows zeroed."""
+  s = _as_float("student_logits", student_logits)
+  t = _as_float("teacher_logits", teacher_logits)
+  if s.shape[-1] != t.shape[-1]:
+    raise ValueError(
+        f"student vocab size {s.shape[-1]} != teacher vocab size {t.shape[-1]}; "
+        "pad the smaller one with sad_jax.losses._divergences.pad_vocab")
+  if s.shape != t.shape:
+    raise ValueError(
+        f"student_logits shape {s.shape} and teacher_logits shape {t.shape} differ")
+  _check_temperature(temperature)
+  where = _check_where(where, s.shape)
+  if where is not None:
+    s = jnp.where(where[..., None], s, 0.0)
+    t = jnp.where(where[..., None], t, 0.0)
+  return s, t, where
+
+
+def _finish(value: jax.Array, where) -> jax.Array:
+  value = value.astype(jnp.promote_types(value.dtype, jnp.float32))
+  return value if where is None else jnp.where(where, value, 0.0)
+
+
+def kl_terms(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+  r"""Per-entry :math:`a_i (\log a_i - \log b_i)` with :math:`0 \log 0 = 0`, ``[..., V]``.
+
+  Not reduced over the vocabulary, so a vocab-sharded caller can sum its shard and
+  psum (see :mod:`sad_jax.parallel._sharding`).
+  """
+  a = jnp.exp(log_a)
+  support = a > 0
+  diff = jnp.where(support, log_a - log_b, 0.0)
+  return jnp.where(support, a * diff, 0.0)
+
+
+def kl_to_mixture_terms(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
+  r"""Per-entry terms of :math:`KL(a \| w a + (1 - w) b)`, for a static ``w`` in [0, 1]."""
+  log_w = math.log(w) if w > 0 else -jnp.inf
+  log_1mw = math.log1p(-w) if w < 1 else -jnp.inf
+  # Where both are impossible, logaddexp(-inf, -inf) has a NaN gradient; such
+  # entries carry no mass (a = 0), so any finite stand-in is exact.
+  dead = (log_a == -jnp.inf) & (log_b == -jnp.inf)
+  log_m = jnp.logaddexp(log_w + jnp.where(dead, 0.0, log_a),
+                        log_1mw + jnp.where(dead, 0.0, log_b))
+  return kl_terms(log_a, log_m)
+
+
+def _kl(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
+  r""":math:`\sum_i a_i (\log a_i - \log b_i)` over the last axis."""
+  return jnp.sum(kl_terms(log_a, log_b), axis=-1)
+
+
+def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
+  r""":math:`KL(a \| w a + (1 - w) b)` over the last axis."""
+  return jnp.sum(kl_to_mixture_terms(log_a, log_b, w), axis=-1)
+
+
+
+# ---------------------------------------------------------------------------
+# Fused custom-VJP kernels for dense teachers.
+#
+# Each kernel takes float logits ``s, t [..., V]`` (masked rows already zeroed) and
+# the temperature, and returns the per-token value. The forward pass reads the
+# logits in a few fused reductions and saves only per-token statistics (log
+# normalizers, value, partial sums); the backward pass recomputes the
+# probabilities and writes the student gradient in one elementwise pass.
+# ---------------------------------------------------------------------------
+
+
+def _log_normalizer(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  r"""Returns ``(x - max, sum exp(x - max), max, log sum exp(x - max))`` (keepdims).
+
+  The log-softmax is ``(x - max) - log_z``: the maximum and :math:`\log Z` are kept
+  apart, since ``max + log_z`` rounds at large logits (an ulp of 1e4 is 1e-3).
+  """
+  m = jnp.max(x, axis=-1, keepdims=True)
+  shifted = x - m
+  z = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
+  return shifted, z, m, jnp.log(z)
+
+
+def _log_softmax(x, temperature, norm):
+  """Recomputes the log-softmax of ``x / T`` from saved ``(max, log_z)``."""
+  m, log_z = norm
+  return (x * (1.0 / temperature) - m) - log_z
+
+
+def _temperature_cotangent(gs, s, gt, t, temperature):
+  """:math:`\\partial L / \\partial T = -\\frac{1}{T} \\sum (g_s s + g_t t)`.
+
+  Zero cotangents meet ``-inf`` logits (impossible tokens); those terms are 0.
+  """
+  terms = (jnp.where(gs == 0, 0.0, gs * s) + jnp.where(gt == 0, 0.0, gt * t))
+  ct = -jnp.sum(terms) / temperature
+  # Under shard_map the logits vary over mesh axes while a replicated temperature
+  # does not: its cotangent is the sum over those axes.
+  extra = (jax.typeof(ct).manual_axis_type.varying
+           - jax.typeof(temperature).manual_axis_type.varying)
+  return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
+
+
+def _kl_kernel(log_first_stats: bool):
+  """KL between the two softmaxes; ``log_first_stats`` picks the direction.
+
+  ``_kl_kernel(False)`` is :math:`KL(p \\| q)` (forward), ``True`` is
+  :math:`KL(q \\| p)` (reverse). With ``w`` the weighting side and ``o`` the other,
+  :math:`\\partial KL / \\partial a_w = w \\odot (\\log w - \\log o - KL)` and
+  :math:`\\partial KL / \\partial a_o = o - w`.
+  """
+
+  @jax.custom_vjp
+  def kernel(s, t, temperature):
+    return fwd(s, t, temperature)[0]
+
+  def fwd(s, t, temperature):
+    value, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
+    return value[..., 0], (s, t, temperature, norm_a, norm_b, value)
+
+  def fwd_rows(s, t, temperature):
+    # The maxima are taken on the raw logits (max(x) * c == max(x * c) exactly for
+    # c = 1 / T > 0: rounding is monotone), so no scaled copy of a block is written
+    # out; the exponential of the weighting side serves its normalizer and the
+    # cross term. The backward recomputes x * (1 / T) the same way.
+    inv_t = 1.0 / temperature
+    ma = jnp.max(s, axis=-1, keepdims=True) * inv_t
+    mb = jnp.max(t, axis=-1, keepdims=True) * inv_t
+    sa, sb = s * inv_t - ma, t * inv_t - mb
+    ea, eb = jnp.exp(sa), jnp.exp(sb)
+    za = jnp.sum(ea, axis=-1, keepdims=True)
+    zb = jnp.sum(eb, axis=-1, keepdims=True)
+    if log_first_stats:  # weights q, difference log q - log p.
+      e, diff, z_w, z_o = ea, sa - sb, za, zb
+    else:
+      e, diff, z_w, z_o = eb, sb - sa, zb, za
+    cross = jnp.sum(jnp.where(e > 0, e * diff, 0.0), axis=-1, keepdims=True)
+    value = cross / z_w - jnp.log(z_w) + jnp.log(z_o)
+    return value, (ma, jnp.log(za)), (mb, jnp.log(zb))
+
+  def bwd(res, g):
+    s, t, temperature, norm_a, norm_b, value = res
+    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, value,
+                      g[..., None])
+    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+  def bwd_rows(s, t, norm_a, norm_b, value, g, temperature):
+    g = g / temperature
+    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    if log_first_stats:
+      gs = g * jnp.where(q > 0, q * (log_q - log_p - value), 0.0)
+      gt = g * (p - q)
+    else:
+      gs = g * (q - p)
+      gt = g * jnp.where(p > 0, p * (log_p - log_q - value), 0.0)
+    return gs, gt
+
+  kernel.defvjp(fwd, bwd)
+  return kernel
+
+
+_forward_kl_kernel = _kl_kernel(False)
+_reverse_kl_kernel = _kl_kernel(True)
+
+
+def _mixture_terms(log_q, log_p, beta):
+  """Per-entry :math:`\\log m` and both KL-to-mixture terms, ``0 log 0 = 0``."""
+  q, p = jnp.exp(log_q), jnp.exp(log_p)
+  m = beta * p + (1.0 - beta) * q
+  log_m = jnp.log(jnp.where(m > 0, m, 1.0))
+  term_p = jnp.where((p > 0) & (m > 0), p * (log_p - log_m), 0.0)
+  term_q = jnp.where((q > 0) & (m > 0), q * (log_q - log_m), 0.0)
+  return q, p, log_m, term_p, term_q
+
+
+@functools.lru_cache(maxsize=None)
+def _jsd_kernel(beta: float):
+  r""":math:`JSD_\beta`; :math:`\partial/\partial a = (1-\beta)\, q \odot (\log q - \log m - KL(q\|m))`
+  and symmetrically :math:`\beta\, p \odot (\log p - \log m - KL(p\|m))` for the teacher.
+  """
+
+  @jax.custom_vjp
+  def kernel(s, t, temperature):
+    return fwd(s, t, temperature)[0]
+
+  def fwd(s, t, temperature):
+    kl_pm, kl_qm, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
+    value = beta * kl_pm + (1.0 - beta) * kl_qm
+    return value[..., 0], (s, t, temperature, norm_a, norm_b, kl_pm, kl_qm)
+
+  def fwd_rows(s, t, temperature):
+    a, b = s * (1.0 / temperature), t * (1.0 / temperature)
+    (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
+    _, _, _, term_p, term_q = _mixture_terms(sa - log_za, sb - log_zb, beta)
+    kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
+    kl_qm = jnp.sum(term_q, axis=-1, keepdims=True)
+    return kl_pm, kl_qm, (ma, log_za), (mb, log_zb)
+
+  def bwd(res, g):
+    s, t, temperature, norm_a, norm_b, kl_pm, kl_qm = res
+    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, kl_pm,
+                      kl_qm, g[..., None])
+    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+  def bwd_rows(s, t, norm_a, norm_b, kl_pm, kl_qm, g, temperature):
+    g = g / temperature
+    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
+    q, p, log_m, _, _ = _mixture_terms(log_q, log_p, beta)
+    gs = g * (1.0 - beta) * jnp.where(q > 0, q * (log_q - log_m - kl_qm), 0.0)
+    gt = g * beta * jnp.where(p > 0, p * (log_p - log_m - kl_pm), 0.0)
+    return gs, gt
+
+  kernel.defvjp(fwd, bwd)
+  return kernel
+
+
+@jax.custom_vjp
+def _tv_kernel(s, t, temperature):
+  r""":math:`TV`; with :math:`u = \tfrac12 \mathrm{sign}(q - p)`,
+  :math:`\partial/\partial a = q \odot (u - \sum q u)`, and the mirror for the teacher.
+  """
+  return _tv_fwd(s, t, temperature)[0]
+
+
+def _tv_fwd(s, t, temperature):
+  value, norm_a, norm_b, q_sign, p_sign = _blocked(
+      lambda s, t: _tv_fwd_rows(s, t, temperature), s, t)
+  return value[..., 0], (s, t, temperature, norm_a, norm_b, q_sign, p_sign)
+
+
+def _tv_fwd_rows(s, t, temperature):
+  a, b = s * (1.0 / temperature), t * (1.0 / temperature)
+  (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
+  q, p = jnp.exp(sa - log_za), jnp.exp(sb - log_zb)
+  sign = jnp.sign(q - p)
+  value = 0.5 * jnp.sum(jnp.abs(q - p), axis=-1, keepdims=True)
+  q_sign = jnp.sum(q * sign, axis=-1, keepdims=True)
+  p_sign = jnp.sum(p * sign, axis=-1, keepdims=True)
+  return value, (ma, log_za), (mb, log_zb), q_sign, p_sign
+
+
+def _tv_bwd(res, g):
+  s, t, temperature, norm_a, norm_b, q_sign, p_sign = res
+  gs, gt = _blocked(lambda *xs: _tv_bwd_rows(*xs, temperature), s, t, norm_a, norm_b,
+                    q_sign, p_sign, g[..., None])
+  return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+
+
+def _tv_bwd_rows(s, t, norm_a, norm_b, q_sign, p_sign, g, temperature):
+  g = 0.5 * g / temperature
+  q = jnp.exp(_log_softmax(s, temperature, norm_a))
+  p = jnp.exp(_log_softmax(t, temperature, norm_b))
+  sign = jnp.sign(q - p)
+  gs = g * q * (sign - q_sign)
+  gt = g * p * (p_sign - sign)
+  return gs, gt
+
+
+_tv_kernel.defvjp(_tv_fwd, _tv_bwd)
+
+
+BLOCK_ELEMENTS = 1 << 19
+"""Work-block size (elements) of the fused kernels: rows of the flattened
+``[N, V]`` logits are processed in blocks of about this many elements (2 MiB of
+float32), so the intermediates are block-sized and only the inputs and the
+gradients are ``[N, V]``. Measured on a 2-core CPU (README, "Performance",
+``benchmarks/divergence_speed.py --block-elements``): with the session-3 kernels,
+2**19 beat 2**22 by 1.3-1.5x on forward/reverse KL at V = 32000 and V = 151936
+(the block's intermediates stay in cache between the kernel's passes); 2**16 and
+smaller lose to the per-block overhead."""
+
+
+def _row_block(rows: int, vocab: int) -> int:
+  """The largest divisor of ``rows`` with ``block * vocab <= BLOCK_ELEMENTS``."""
+  if rows * vocab <= BLOCK_ELEMENTS:
+    return rows
+  target = max(1, BLOCK_ELEMENTS // vocab)
+  return next(b for b in range(min(target, rows), 0, -1) if rows % b == 0)
+
+
+def _blocked(fn, *arrays):
+  """``fn`` over row blocks of ``[N, ...]`` array pytrees (``lax.map``), re-joined."""
+  rows, vocab = arrays[0].shape
+  block = _row_block(rows, vocab)
+  if block == rows:
+    return fn(*arrays)
+  split = jax.tree.map(lambda x: x.reshape((rows // block, block) + x.shape[1:]), arrays)
+  out = jax.lax.map(lambda xs: fn(*xs), split)
+  return jax.tree.map(lambda y: y.reshape((rows,) + y.shape[2:]), out)
+
+
+def _fast_dense(kernel, student_logits, teacher_logits, temperature, where):
+  """Runs a fused kernel on validated, masked, float32 (or wider) logits.
+
+  The dtype casts and the ``where`` selection stay outside the kernel, so their
+  autodiff rules give gradients in the input dtype and exact zeros for masked tokens.
+  """
+  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
+  temperature = jnp.asarray(temperature, s.dtype)
+  shape = s.shape
+  s, t = s.reshape(-1, shape[-1]), t.reshape(-1, shape[-1])
+  return _finish(kernel(s, t, temperature).reshape(shape[:-1]), where)
+
+
+def _is_sparse(teacher) -> bool:
+  return isinstance(teacher, sparse_lib.SparseTeacher)
+
+# ---------------------------------------------------------------------------
+# Divergences.
+# ---------------------------------------------------------------------------
+
+
+def forward_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+               temperature=1.0, where: chex.Array | None = None) -> jax.Array:
+  r"""Forward (mean-seeking) KL divergence, teacher to student.
+
+  .. math::
+    KL(p \| q) = \sum_i p_i (\log p_i - \log q_i)
+
+  The classic distillation loss (Hinton et al., 2015, "Distilling the Knowledge in a
+  Neural Network"); the SAD objective (Liu et al., 2025) uses it per span type.
+
+  Args:
+    student_logits: ``[..., V]`` student logits.
+    teacher_logits: ``[..., V]`` teacher logits.
+    temperature: softmax temperature :math:`T > 0` (scalar, may be traced).
+    where: optional ``[...]`` bool mask; masked tokens give 0.
+
+  Returns:
+    ``[...]`` float32 per-token divergence.
+  """
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_forward_kl_kernel, student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="forward_kl")
+  return _finish(_kl(log_p, log_q), where)
+
+
+def reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+               temperature=1.0, where: chex.Array | None = None) -> jax.Array:
+  r"""Reverse (mode-seeking) KL divergence, student to teacher.
+
+  .. math::
+    KL(q \| p) = \sum_i q_i (\log q_i - \log p_i)
+
+  Used by MiniLLM (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large
+  Language Models") for generative students.
+
+  Args and returns as :func:`forward_kl`.
+  """
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_reverse_kl_kernel, student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="reverse_kl")
+  return _finish(_kl(log_q, log_p), where)
+
+
+def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                    temperature=1.0, where: chex.Array | None = None,
+                    beta: float = 0.5) -> jax.Array:
+  r"""Generalized Jensen-Shannon divergence (GKD; Agarwal et al., 2024).
+
+  .. math::
+    JSD_\beta(p, q) = \beta \, KL(p \| m) + (1 - \beta) \, KL(q \| m),
+    \qquad m = \beta p + (1 - \beta) q
+
+  Bounded: :math:`0 \le JSD_\beta \le H_2(\beta) \le \log 2`, symmetric in
+  ``(p, q)`` at :math:`\beta = 1/2`. Reference: "On-Policy Distillation of Language
+  Models: Learning from Self-Generated Mistakes", ICLR 2024.
+
+  Args:
+    beta: mixture weight of the teacher, strictly in (0, 1). The endpoints are
+      degenerate (the divergence vanishes); use :func:`forward_kl` or
+      :func:`reverse_kl` for the KL limits.
+    Other args and returns as :func:`forward_kl`.
+  """
+  beta = _check_static(
+      "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
+      hint="; for the endpoints use sad_jax.losses._divergences.forward_kl or reverse_kl")
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
+                       where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="generalized_jsd")
+  value = (beta * _kl_to_mixture(log_p, log_q, beta)
+           + (1.0 - beta) * _kl_to_mixture(log_q, log_p, 1.0 - beta))
+  return _finish(value, where)
+
+
+def symmetric_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                 temperature=1.0, where: chex.Array | None = None,
+                 ratio: float = 0.5) -> jax.Array:
+  r"""Interpolation of forward and reverse KL.
+
+  .. math::
+    (1 - r) \, KL(p \| q) + r \, KL(q \| p)
+
+  ``ratio=0`` is :func:`forward_kl`, ``ratio=1`` :func:`reverse_kl`; ``0.5`` is
+  (half) Jeffreys' divergence (Jeffreys, 1946).
+
+  Args:
+    ratio: weight :math:`r \in [0, 1]` of the reverse KL.
+    Other args and returns as :func:`forward_kl`.
+  """
+  ratio = _check_static("ratio", ratio, "symmetric_kl", 0.0, 1.0)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="symmetric_kl")
+  value = (1.0 - ratio) * _kl(log_p, log_q) + ratio * _kl(log_q, log_p)
+  return _finish(value, where)
+
+
+def skew_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+            temperature=1.0, where: chex.Array | None = None,
+            alpha: float = 0.1) -> jax.Array:
+  r"""Skew KL divergence (DistiLLM; Ko et al., ICML 2024).
+
+  .. math::
+    SKL_\alpha(p, q) = KL(p \| \alpha p + (1 - \alpha) q)
+
+  Bounded by :math:`-\log \alpha`, so it stays finite where the student puts no mass.
+  ``alpha=0`` is :func:`forward_kl`. Reference: "DistiLLM: Towards Streamlined
+  Distillation for Large Language Models".
+
+  Args:
+    alpha: skew :math:`\alpha \in [0, 1]`.
+    Other args and returns as :func:`forward_kl`.
+  """
+  alpha = _check_static("alpha", alpha, "skew_kl", 0.0, 1.0)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="skew_kl")
+  return _finish(_kl_to_mixture(log_p, log_q, alpha), where)
+
+
+def skew_reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                    temperature=1.0, where: chex.Array | None = None,
+                    alpha: float = 0.1) -> jax.Array:
+  r"""Skew reverse KL divergence (DistiLLM; Ko et al., ICML 2024).
+
+  .. math::
+    SRKL_\alpha(p, q) = KL(q \| \alpha q + (1 - \alpha) p)
+
+  ``alpha=0`` is :func:`reverse_kl`.
+
+  Args:
+    alpha: skew :math:`\alpha \in [0, 1]`.
+    Other args and returns as :func:`forward_kl`.
+  """
+  alpha = _check_static("alpha", alpha, "skew_reverse_kl", 0.0, 1.0)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="skew_reverse_kl")
+  return _finish(_kl_to_mixture(log_q, log_p, alpha), where)
+
+
+def _expm1_over(x: jax.Array, c: float) -> jax.Array:
+  """:math:`(e^{c x} - 1) / c`, exact (no cancellation) for small ``c``."""
+  return x if c == 0 else jnp.expm1(c * x) / c
+
+
+def alpha_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                     temperature=1.0, where: chex.Array | None = None,
+                     alpha: float = 1.5) -> jax.Array:
+  r"""Amari's :math:`\alpha`-divergence (Amari, 1985; Amari & Nagaoka, 2000).
+
+  .. math::
+    D_\alpha(p \| q) = \frac{\sum_i p_i^\alpha q_i^{1-\alpha} - 1}{\alpha(\alpha - 1)},
+    \qquad \lim_{\alpha \to 1} D_\alpha = KL(p \| q), \quad
+    \lim_{\alpha \to 0} D_\alpha = KL(q \| p).
+
+  Evaluated without cancellation near both limits, as
+  :math:`\frac{1}{\alpha}\sum_i p_i \frac{e^{(\alpha-1)(\log p_i - \log q_i)} - 1}{\alpha - 1}`
+  (for :math:`\alpha \ge 1/2`) or its mirror in :math:`q` (for :math:`\alpha < 1/2`),
+  so values are continuous through :math:`\alpha = 0, 1`, which return the KLs.
+  For :math:`\alpha > 1` the divergence can overflow to ``+inf`` by definition when
+  :math:`p_i / q_i` is large (it is infinite when :math:`q_i = 0 < p_i`); likewise
+  for :math:`\alpha < 0` with :math:`p_i = 0 < q_i`.
+
+  Args:
+    alpha: any finite real :math:`\alpha`.
+    Other args and returns as :func:`forward_kl`.
+  """
+  alpha = _check_static("alpha", alpha, "alpha_divergence", -math.inf, math.inf,
+                        lo_open=True, hi_open=True)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="alpha_divergence")
+  if alpha >= 0.5:  # sum_i p_i^a q_i^(1-a) = sum_i p_i exp((a-1)(log p_i - log q_i))
+    log_w, log_other, c, scale = log_p, log_q, alpha - 1.0, alpha
+  else:  # = sum_i q_i exp(a (log p_i - log q_i))
+    log_w, log_other, c, scale = log_q, log_p, alpha, alpha - 1.0
+  w = jnp.exp(log_w)
+  support = w > 0
+  sign = 1.0 if alpha >= 0.5 else -1.0
+  diff = jnp.where(support, sign * (log_w - log_other), 0.0)
+  terms = jnp.where(support, w * _expm1_over(diff, c), 0.0)
+  value = jnp.sum(terms, axis=-1) / scale
+  return _finish(value, where)
+
+
+def alpha_beta_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                          temperature=1.0, where: chex.Array | None = None,
+                          alpha: float = 0.2, beta: float = 0.7) -> jax.Array:
+  r"""The :math:`\alpha\beta`-divergence of ABKD (Wang et al., ICML 2025).
+
+  For :math:`\alpha, \beta, \alpha + \beta \neq 0` (Cichocki, Cruces & Amari, 2011):
+
+  .. math::
+    D^{(\alpha,\beta)}_{AB}(p \| q) = -\frac{1}{\alpha\beta} \sum_i \Big(
+      p_i^\alpha q_i^\beta - \frac{\alpha}{\alpha+\beta} p_i^{\alpha+\beta}
+      - \frac{\beta}{\alpha+\beta} q_i^{\alpha+\beta} \Big)
+
+  with the limit cases returned exactly:
+
+  * :math:`\beta = 0`: :math:`\frac{1}{\alpha^2}\sum_i (p_i^\alpha \log\frac{p_i^\alpha}{q_i^\alpha} - p_i^\alpha + q_i^\alpha)`
+    (:math:`(\alpha, \beta) = (1, 0)` is :math:`KL(p\|q)`);
+  * :math:`\alpha = 0`: :math:`\frac{1}{\beta^2}\sum_i (q_i^\beta \log\frac{q_i^\beta}{p_i^\beta} - q_i^\beta + p_i^\beta)`
+    (:math:`(0, 1)` is :math:`KL(q\|p)`);
+  * :math:`\alpha = -\beta`: :math:`\frac{1}{\alpha^2}\sum_i (\log\frac{q_i^\alpha}{p_i^\alpha} + \frac{p_i^\alpha}{q_i^\alpha} - 1)`;
+  * :math:`\alpha = \beta = 0`: :math:`\frac{1}{2}\sum_i (\log p_i - \log q_i)^2`.
+
+  Reference: "ABKD: Pursuing a Proper Allocation of the Probability Mass in
+  Knowledge Distillation via α-β-Divergence". The general case is evaluated in a
+  cancellation-free form, so values are continuous (in float32) as :math:`\alpha`
+  or :math:`\beta` approach 0; near :math:`\alpha + \beta = 0` about
+  :math:`\epsilon_{32} / |\alpha + \beta|` is lost. Negative exponents can overflow
+  where a probability is tiny (``+inf`` by definition at 0).
+
+  Args:
+    alpha, beta: finite reals.
+    Other args and returns as :func:`forward_kl`.
+  """
+  alpha = _check_static("alpha", alpha, "alpha_beta_divergence", -math.inf, math.inf,
+                        lo_open=True, hi_open=True)
+  beta = _check_static("beta", beta, "alpha_beta_divergence", -math.inf, math.inf,
+                       lo_open=True, hi_open=True)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="alpha_beta_divergence")
+  a, b = alpha, beta
+  # Entries where both distributions are zero contribute nothing; elsewhere use
+  # log-probabilities with those entries replaced by 0 so no inf - inf appears.
+  live = (log_p > -jnp.inf) | (log_q > -jnp.inf)
+  lp = jnp.where(live, log_p, 0.0)
+  lq = jnp.where(live, log_q, 0.0)
+  if a == 0 and b == 0:
+    terms = 0.5 * jnp.square(lp - lq)
+  elif a + b == 0:
+    x = a * (lp - lq)
+    terms = (jnp.expm1(x) - x) / (a * a)
+  elif b == 0:
+    pa = jnp.exp(a * lp)
+    d = jnp.where(pa > 0, a * (lp - lq), 0.0)
+    terms = (pa * d - pa + jnp.exp(a * lq)) / (a * a)
+  elif a == 0:
+    qb = jnp.exp(b * lq)
+    d = jnp.where(qb > 0, b * (lq - lp), 0.0)
+    terms = (qb * d - qb + jnp.exp(b * lp)) / (b * b)
+  else:
+    s = a + b
+    # The equivalent form p^a q^b / (ab) * [a/s f(b d) + b/s f(-a d)], with
+    # f(z) = e^z - 1 - z and d = log p - log q, has no cancellation as a or b
+    # approach 0; used where both are positive and |a d|, |b d| are moderate (far
+    # from that, the direct form's terms differ by orders of magnitude anyway).
+    d = lp - lq
+    use_stable = ((log_p > -jnp.inf) & (log_q > -jnp.inf)
+                  & (jnp.abs(a * d) < 20) & (jnp.abs(b * d) < 20))
+    x, y = jnp.where(use_stable, lp, 0.0), jnp.where(use_stable, lq, 0.0)
+    stable = jnp.exp(a * x + b * y) / (a * b) * (a / s * _expm1_minus_x(b * (x - y))
+                                                 + b / s * _expm1_minus_x(-a * (x - y)))
+    direct = -(jnp.exp(a * lp + b * lq) - a / s * jnp.exp(s * lp)
+               - b / s * jnp.exp(s * lq)) / (a * b)
+    terms = jnp.where(use_stable, stable, direct)
+  value = jnp.sum(jnp.where(live, terms, 0.0), axis=-1)
+  return _finish(value, where)
+
+
+def _expm1_minus_x(z: jax.Array) -> jax.Array:
+  """:math:`e^z - 1 - z`, accurate for small ``|z|`` (Taylor series below 0.1)."""
+  small = jnp.abs(z) < 0.1
+  zs = jnp.where(small, z, 0.0)
+  series = 0.5 * zs * zs * (1 + zs / 3 * (1 + zs / 4 * (1 + zs / 5 * (1 + zs / 6))))
+  return jnp.where(small, series, jnp.expm1(z) - z)
+
+
+def total_variation(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                    temperature=1.0, where: chex.Array | None = None) -> jax.Array:
+  r"""Total variation distance.
+
+  .. math::
+    TV(p, q) = \tfrac{1}{2} \sum_i |p_i - q_i| \in [0, 1]
+
+  Used for distillation by Wen et al., 2023 ("f-Divergence Minimization for
+  Sequence-Level Knowledge Distillation").
+
+  Args and returns as :func:`forward_kl`.
+  """
+  if not _is_sparse(teacher_logits):
+    return _fast_dense(_tv_kernel, student_logits, teacher_logits, temperature, where)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="total_variation")
+  value = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
+  return _finish(value, where)
+
+
+def wasserstein(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                temperature=1.0, where: chex.Array | None = None,
+                top_k: int | None = None) -> jax.Array:
+  r"""Universal Logit Distillation (ULD) Wasserstein distance (Boizard et al., 2024).
+
+  .. math::
+    W(p, q) = \sum_{i=1}^{k} \big| p_{(i)} - q_{(i)} \big|
+
+  where :math:`p_{(i)}` is the i-th largest teacher probability (likewise for
+  :math:`q`): the closed form of the 1-Wasserstein distance under ULD's uniform
+  cost, which needs no shared vocabulary. ``O(V log V)`` by sorting (``O(V log k)``
+  with ``top_k``); no ``V x V`` cost matrix is ever built. Reference: "Towards
+  Cross-Tokenizer Distillation: the Universal Logit Distillation Loss for LLMs".
+
+  Args:
+    top_k: if given, only the ``top_k`` largest entries of each side are compared.
+    Other args and returns as :func:`forward_kl`.
+  """
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="wasserstein")
+  vocab = log_q.shape[-1]
+  if top_k is None:
+    p_sorted = -jnp.sort(-jnp.exp(log_p), axis=-1)
+    q_sorted = -jnp.sort(-jnp.exp(log_q), axis=-1)
+  else:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab:
+      raise ValueError(f"wasserstein: top_k must be an int in [1, {vocab}], got {top_k!r}")
+    p_sorted = jax.lax.top_k(jnp.exp(log_p), top_k)[0]
+    q_sorted = jax.lax.top_k(jnp.exp(log_q), top_k)[0]
+  return _finish(jnp.sum(jnp.abs(p_sorted - q_sorted), axis=-1), where)
+
+
+def adaptive_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+                temperature=1.0, where: chex.Array | None = None,
+                mu: float = 0.5) -> jax.Array:
+  r"""Adaptive KL (AKL; Wu et al., 2024).
+
+  Sort :math:`p` ascending; the *tail* is the entries whose cumulative teacher mass
+  is below :math:`\mu`, the *head* the rest. With the gaps (no gradient)
+
+  .. math::
+    g_{head} = \sum_{i \in head} |p_i - q_i|, \qquad
+    g_{tail} = \sum_{i \in tail} |p_i - q_i|,
+
+  .. math::
+    AKL(p, q) = \frac{g_{head}}{g_{head} + g_{tail}} KL(p \| q)
+              + \frac{g_{tail}}{g_{head} + g_{tail}} KL(q \| p).
+
+  When both gaps are 0 (p = q) the weights are ½ each (both KLs are 0 then).
+  Reference: "Rethinking Kullback-Leibler Divergence in Knowledge Distillation for
+  Large Language Models".
+
+  Args:
+    mu: tail mass threshold :math:`\mu \in [0, 1]`.
+    Other args and returns as :func:`forward_kl`.
+  """
+  mu = _check_static("mu", mu, "adaptive_kl", 0.0, 1.0)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="adaptive_kl")
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  order = jnp.argsort(p, axis=-1)
+  gap_sorted = jnp.take_along_axis(jnp.abs(p - q), order, axis=-1)
+  in_tail = jnp.cumsum(jnp.take_along_axis(p, order, axis=-1), axis=-1) < mu
+  g_tail = jax.lax.stop_gradient(jnp.sum(jnp.where(in_tail, gap_sorted, 0.0), axis=-1))
+  g_head = jax.lax.stop_gradient(jnp.sum(jnp.where(in_tail, 0.0, gap_sorted), axis=-1))
+  total = g_head + g_tail
+  safe_total = jnp.where(total > 0, total, 1.0)
+  w_head = jnp.where(total > 0, g_head / safe_total, 0.5)
+  w_tail = jnp.where(total > 0, g_tail / safe_total, 0.5)
+  value = w_head * _kl(log_p, log_q) + w_tail * _kl(log_q, log_p)
+  return _finish(value, where)
+
+
+def focal_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
+             temperature=1.0, where: chex.Array | None = None,
+             gamma: float = 2.0) -> jax.Array:
+  r"""Forward KL scaled by a focal factor (focal loss, Lin et al., 2017).
+
+  .. math::
+    FKL_\gamma(p, q) = \big(1 - q_{\arg\max_i p_i}\big)^\gamma \, KL(p \| q)
+
+  The factor is computed under ``stop_gradient``: it re-weights tokens the student
+  already gets right (high :math:`q` on the teacher's top token) down, without
+  adding a gradient of its own.
+
+  Args:
+    gamma: focusing exponent :math:`\gamma \ge 0`.
+    Other args and returns as :func:`forward_kl`.
+  """
+  gamma = _check_static("gamma", gamma, "focal_kl", 0.0, math.inf, hi_open=True)
+  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+                                 fn="focal_kl")
+  top = jnp.argmax(log_p, axis=-1)[..., None]
+  q_top = jnp.exp(jnp.take_along_axis(log_q, top, axis=-1)[..., 0])
+  factor = jax.lax.stop_gradient(jnp.power(1.0 - q_top, gamma))
+  return _finish(factor * _kl(log_p, log_q), where)
+
+
+# ---------------------------------------------------------------------------
+# Registry and helpers.
+# ---------------------------------------------------------------------------
+
+DIVERGENCES: dict[str, Divergence] = {
+    fn.__name__: fn for fn in (
+        forward_kl, reverse_kl, generalized_jsd, symmetric_kl, skew_kl,
+        skew_reverse_kl, alpha_divergence, alpha_beta_divergence,
+        total_variation, wasserstein, adaptive_kl, focal_kl)
+}
+
+
+SPARSE_DIVERGENCES: tuple[str, ...] = (
+    "forward_kl", "reverse_kl", "generalized_jsd", "symmetric_kl", "skew_kl",
+    "skew_reverse_kl", "alpha_divergence", "total_variation")
+"""The divergences that accept a :class:`~sad_jax.losses._sparse.SparseTeacher` (f-divergences)."""
+
+
+def get_divergence(name: str) -> Divergence:
+  """Returns the divergence registered under ``name`` (see ``DIVERGENCES``)."""
+  try:
+    return DIVERGENCES[name]
+  except (KeyError, TypeError):
+    raise ValueError(
+        f"unknown divergence {name!r}; known: {', '.join(sorted(DIVERGENCES))}") from None
+
+
+def pad_vocab(logits: chex.Array, size: int) -> jax.Array:
+  """Pads the vocabulary (last) axis of ``logits`` to ``size`` with ``-inf``.
+
+  Use it when teacher and student vocabularies differ only by padding (e.g. a
+  vocabulary rounded up to a multiple of 128): the padded entries are impossible
+  tokens and contribute nothing to any divergence.
+
+  Args:
+    logits: ``[..., V]`` float array.
+    size: target vocabulary size, ``>= V``.
+
+  Returns:
+    ``[..., size]`` array of the same dtype.
+  """
+  logits = jnp.asarray(logits)
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(f"logits must be a floating-point array, got dtype {logits.dtype}")
+  if logits.ndim < 1:
+    raise ValueError(f"logits must have a vocabulary axis, got shape {logits.shape}")
+  vocab = logits.shape[-1]
+  if isinstance(size, bool) or not isinstance(size, int) or size < vocab:
+    raise ValueError(f"size must be an int >= the vocab size {vocab}, got {size!r}")
+  pad = [(0, 0)] * (logits.ndim - 1) + [(0, size - vocab)]
+  return jnp.pad(logits, pad, constant_values=-jnp.inf)
