@@ -137,6 +137,31 @@ def batch(examples: Sequence, seq_len: int, *, pad_id: int = 0, truncate: str = 
   return _assemble([[ex] for ex in _examples(examples, seq_len, truncate)], seq_len, pad_id)
 
 
+def pack_layout(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
+  """Which examples :func:`pack` puts in which row (first fit, in order).
+
+  Args:
+    lengths: ``N`` example lengths (longer than ``seq_len`` counts as ``seq_len``:
+      such an example is cut and fills a row of its own).
+    seq_len: row length ``T``.
+
+  Returns:
+    One list per row of the indices of its examples, in segment order: example
+    ``layout[r][s - 1]`` is segment ``s`` of row ``r``.
+  """
+  rows, free = [], []
+  for i, n in enumerate(lengths):
+    n = min(int(n), seq_len)
+    r = next((j for j, f in enumerate(free) if f >= n), None)
+    if r is None:
+      rows.append([])
+      free.append(seq_len)
+      r = len(rows) - 1
+    rows[r].append(i)
+    free[r] -= n
+  return rows
+
+
 def pack(examples: Sequence, seq_len: int, *, pad_id: int = 0, truncate: str = "right",
          num_rows: int | None = None) -> Batch:
   """Packs several trajectories per row (first fit, in order), with segment ids.
@@ -156,16 +181,8 @@ def pack(examples: Sequence, seq_len: int, *, pad_id: int = 0, truncate: str = "
   Returns:
     :class:`Batch` of shape ``[B, seq_len]``.
   """
-  rows, free = [], []
-  for ex in _examples(examples, seq_len, truncate):
-    n = ex[0].size
-    r = next((i for i, f in enumerate(free) if f >= n), None)
-    if r is None:
-      rows.append([])
-      free.append(seq_len)
-      r = len(rows) - 1
-    rows[r].append(ex)
-    free[r] -= n
+  cut = _examples(examples, seq_len, truncate)
+  rows = [[cut[i] for i in row] for row in pack_layout([ex[0].size for ex in cut], seq_len)]
   if num_rows is not None:
     if len(rows) > num_rows:
       raise ValueError(f"pack needs {len(rows)} rows of seq_len={seq_len} for these "
