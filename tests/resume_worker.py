@@ -7,7 +7,7 @@ Usage::
 
 Resumes from the latest checkpoint in ``CKPT`` if there is one, trains to step
 ``N`` on a (data=2, fsdp=2, model=2) mesh with the vocab-parallel loss, saving
-every 3 steps (asynchronously), and writes every leaf of the final train state to
+every 3 steps (asynchronously, with the run config), and writes every leaf of the final train state to
 ``FINAL.npz``. With ``--pause-after K`` it prints ``paused`` after step ``K`` (its
 save just started) and sleeps until killed. With ``--reference-out`` it then also
 trains from scratch to step ``N`` without checkpoints or interruption (same
@@ -67,7 +67,7 @@ def main() -> None:
   step = sharding.jit_train_step(train.make_train_step(tiny_lm.apply, tx, cfg, mesh=mesh),
                                  state_sharding=state_sh, batch_sharding=batch_sh)
 
-  ckpt = checkpoint.Checkpointer.from_config(cfg.checkpoint)
+  ckpt = checkpoint.Checkpointer.from_config(cfg.checkpoint, config=cfg)
   state, data_state = ckpt.restore_or(state, {"position": 0})
   print(f"resumed {int(state.step)} position {data_state['position']}", flush=True)
   while int(state.step) < args.steps:
