@@ -82,11 +82,17 @@ class _Shards:
     rows = [int(r) for r in rows]
     where = [f"{self.paths[self.file_of[r]]} record "
              f"{self.global_ids[r] - self.starts[self.file_of[r]]}" for r in rows]
+    ids = [int(self.global_ids[r]) for r in rows]
     try:
-      raws = self.source.__getitems__([int(self.global_ids[r]) for r in rows])
-    except Exception as e:  # riegeli / ArrayRecord errors of a damaged file
-      raise TeacherCacheError(f"unreadable record among {sorted(set(where))}: "
-                              f"{type(e).__name__}: {e}") from None
+      raws = self.source.__getitems__(ids)
+    except Exception:  # riegeli / ArrayRecord errors of a damaged file: find the record
+      for i, w in zip(ids, where):
+        try:
+          self.source[i]
+        except Exception as e:  # pylint: disable=broad-except
+          raise TeacherCacheError(f"{w}: unreadable, the file is damaged "
+                                  f"({type(e).__name__}: {e})") from None
+      raise
     return [(fmt.decode_record(self.header, raw, key=int(self.keys[r]),
                                length=int(self.lengths[r]), where=w), None)
             for r, raw, w in zip(rows, raws, where)]
