@@ -420,7 +420,8 @@ def test_batch_rows_are_served_per_position_for_either_truncation(aligned, trunc
   row = next(r for r, s in enumerate(seqs) if len(s) > seq_len)
   with pytest.raises(tc.TeacherCacheError, match=rf"row {row}, segment 1 \(sequence {row}\): "
                                                  r"column \d+ \(position \d+ of the sequence\) "
-                                                 rf"holds token .*truncate='{other}'"):
+                                                 r"holds token .* cut on the other side: "
+                                                 rf"pass truncate='{truncate}'"):
     cache.for_batch(b, list(range(len(seqs))), truncate=other)
 
 

@@ -74,7 +74,8 @@ class TeacherRecord(NamedTuple):
   Attributes:
     key: the sequence's id in the dataset (the key it was written under).
     tokens: ``int32 [T]`` token ids the teacher saw (``None`` in format-1/2 caches,
-      which keep only a checksum of them).
+      which keep only a checksum of them). Arrays of a format-3 record may be
+      read-only views of its bytes.
     indices: ``int32 [T, k]`` top-k token ids, most likely first.
     logprobs: ``float32 [T, k]`` their log-probabilities (the stored dtype, widened).
   """
@@ -117,10 +118,33 @@ def pack_indices(ids: np.ndarray, bits: int) -> np.ndarray:
   return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
 
 
+def _unpack_groups(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+  """The first ``count`` ids of a stream that starts at a group of eight, ``int32``.
+
+  Id ``j`` of every group of eight starts at the same bit of its ``bits``-byte group,
+  so each of the eight is one strided (unaligned) uint64 view, a shift and a mask.
+  """
+  groups = -(-count // 8)
+  if not groups:
+    return np.zeros(0, np.int32)
+  buf = np.zeros(groups * bits + 8, np.uint8)  # 8 spare: the last group's 64-bit reads
+  n = min(packed.size, groups * bits)
+  buf[:n] = packed[:n]
+  out = np.empty((groups, 8), np.int32)
+  mask = np.uint64((1 << bits) - 1)
+  for j in range(8):
+    first, shift = divmod(j * bits, 8)
+    words = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=first, strides=(bits,))
+    out[:, j] = (words >> np.uint64(shift)) & mask
+  return out.reshape(-1)[:count]
+
+
 def unpack_indices(packed: np.ndarray, bits: int, start: int, count: int) -> np.ndarray:
   """Ids ``start .. start + count - 1`` of a :func:`pack_indices` stream, ``int32 [count]``."""
   if not 1 <= bits <= 31:
     raise ValueError(f"bits must be in [1, 31], got {bits}")
+  if start % 8 == 0:  # byte-aligned: whole groups of eight ids
+    return _unpack_groups(packed[start // 8 * bits:], bits, count)
   first = start * bits >> 3  # only the bytes of the requested ids are copied
   window = packed[first:(((start + count) * bits + 7) >> 3)]
   offset = (start + np.arange(count, dtype=np.int64)) * bits - 8 * first
@@ -200,9 +224,11 @@ def decode_record(header: dict, raw: bytes, *, key: int, length: int, where: str
         f"{header['index_bits']}-bit ids, {dtype_name}")
   dtype = VALUE_DTYPES[dtype_name]
   at = _RECORD_HEAD.size
-  tokens = np.frombuffer(raw, "<i4", t, at).astype(np.int32)
+  tokens = np.frombuffer(raw, "<i4", t, at)  # read-only views of the record's bytes
   at += 4 * t
-  logprobs = np.frombuffer(raw, dtype, t * k, at).astype(np.float32).reshape(t, k)
+  logprobs = np.frombuffer(raw, dtype, t * k, at).reshape(t, k)
+  if logprobs.dtype != np.float32:
+    logprobs = logprobs.astype(np.float32)
   at += dtype.itemsize * t * k
   packed = np.frombuffer(raw, np.uint8, -(-t * k * bits // 8), at)
   if at + packed.size != len(raw):

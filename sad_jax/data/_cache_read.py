@@ -385,8 +385,10 @@ class TeacherCache:
         bad = np.flatnonzero(got != want)
         if bad.size:
           j = bad[0]
-          hint = (f" (the cache's sequence is {length - n} tokens longer: was the batch "
-                  f"cut on the other side than truncate={truncate!r}?)" if length > n else "")
+          other = 0 if truncate == "left" else length - n
+          hint = (f" (the row matches the sequence cut on the other side: pass "
+                  f"truncate={_TRUNCATE[truncate == 'right']!r})"
+                  if length > n and np.array_equal(got, rec.tokens[other:other + n]) else "")
           raise TeacherCacheError(
               f"{where}: column {cols[j]} (position {offset + j} of the sequence) holds "
               f"token {got[j]}, the cache has {want[j]}{hint}")
