@@ -111,9 +111,9 @@ def pack_indices(ids: np.ndarray, bits: int) -> np.ndarray:
     out = np.zeros((groups.shape[0], bits + 5), np.uint8)  # 5 spare: a shifted id's spill
     for j in range(8):
       first, shift = divmod(j * bits, 8)
-      word = groups[:, j] << np.uint64(shift)
-      for m in range(5):  # shift + bits <= 38: five bytes
-        out[:, first + m] |= ((word >> np.uint64(8 * m)) & np.uint64(0xFF)).astype(np.uint8)
+      word = (groups[:, j] << np.uint64(shift)).astype("<u8", copy=False)
+      # shift + bits <= 38: the id's five low bytes, little-endian, ORed in at once
+      out[:, first:first + 5] |= word.view(np.uint8).reshape(-1, 8)[:, :5]
     chunks.append(out[:, :bits].reshape(-1)[:-(-chunk.size * bits // 8)])
   return np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
 
