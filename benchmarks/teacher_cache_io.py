@@ -11,9 +11,10 @@ r"""Teacher cache at scale: 2 concurrent writers, shuffled reads on 2 simulated 
    host reports the keys it saw per epoch, records/s, tokens/s and the bytes it read
    from files (``rchar`` of ``/proc/self/io``: every ``read``/``pread``, page-cache
    hits included) against the size of the records it read: a whole-shard load per
-   record would make that ratio about ``shard_tokens / seq_len`` (hundreds). The parent checks that in every epoch
-   the two hosts' records are disjoint and together are every record exactly once,
-   and checks every ``--check-every``-th record's contents against the writer's.
+   record would make that ratio about ``shard_tokens / seq_len`` (hundreds). The
+   parent checks that in every epoch the two hosts' records are disjoint and together
+   are every record exactly once, and checks every ``--check-every``-th record's
+   contents against the writer's.
 3. **Baseline.** The same sequences written by the reader that format 3 replaces (the
    ``.npz`` format-2 module, loaded from git revision ``--baseline-rev``, with its
    default 1M-token shards and bf16 values), then read in host 0's shuffled order

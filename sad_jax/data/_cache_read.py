@@ -7,7 +7,6 @@ import pathlib
 import zlib
 from typing import Any, Sequence
 
-import grain
 import numpy as np
 
 from sad_jax.data import _cache_format as fmt
@@ -74,6 +73,7 @@ class _Shards:
       raise TeacherCacheError(f"key {self.keys[same[0]]} is cached twice: in {paths[a]} and "
                               f"{paths[b]} (two writers were given the same sequence)")
     # Grain's ArrayRecord source; ``path[0:n]`` spares it opening every file here.
+    import grain  # pylint: disable=import-outside-toplevel  # grain loads orbax: not at import
     self.source = (grain.sources.ArrayRecordDataSource(
         [f"{p}[0:{n}]" for p, n in zip(paths, records)], reader_options=fmt.READER_OPTIONS)
         if paths else None)
@@ -274,8 +274,8 @@ class TeacherCache:
     return self._read([self._row(key)])[0][0]
 
   def to_dataset(self, *, seed: int | None = None,
-                 shard_options: grain.sharding.ShardOptions | None = None
-                 ) -> grain.MapDataset:
+                 shard_options: "grain.sharding.ShardOptions | None" = None
+                 ) -> "grain.MapDataset":
     """This cache as a ``grain.MapDataset`` of :class:`TeacherRecord`, in key order.
 
     Args:
@@ -290,6 +290,7 @@ class TeacherCache:
       The dataset (chain ``.repeat()``, ``.batch()``, ``.to_iter_dataset()``;
       its iterators' ``get_state()`` is JSON, for a checkpoint's ``data_state``).
     """
+    import grain  # pylint: disable=import-outside-toplevel
     ds = grain.MapDataset.source(self)
     if seed is not None:
       ds = ds.shuffle(seed=seed)
