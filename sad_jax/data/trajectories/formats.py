@@ -1,0 +1,276 @@
+"""The built-in text formats, each a :class:`~sad_jax.data.trajectories.spec.FormatSpec` dict.
+
+=============  ==================================================================
+``react``      ReAct text: ``Question:`` / ``Thought n:`` / ``Action n:`` /
+               ``Observation n:`` lines (HotpotQA, FEVER), WebShop
+               (``Instruction:``, ``Action: think[...]`` is reasoning), LangChain
+               markers (``Action Input:``, ``Final Answer:``), Reflexion
+               ``Reflection:`` / ``New plan:`` (reasoning).
+``alfworld``   ALFWorld text: ``> cmd`` lines are actions, ``> think: ...``
+               reasoning, the lines after a command observations, the text before
+               the first command the prompt; Reflexion ``New plan:`` reasoning.
+``codeact``    smolagents CodeAct: ``Thought:`` prose, fenced code or
+               ``<code>...</code>`` (actions), ``Observation:``.
+``chatml``     ``<|im_start|>role\\n ... <|im_end|>`` turns (Qwen, Hermes).
+``llama3``     ``<|start_header_id|>role<|end_header_id|>\\n\\n ... <|eot_id|>``
+               turns; ``ipython`` / ``tool`` turns are observations,
+               ``<|python_tag|>`` starts a tool call.
+``deepseek``   ``<｜User｜>`` / ``<｜Assistant｜>`` turns (full-width bars), the
+               system prompt after ``<｜begin▁of▁sentence｜>``,
+               ``<｜tool▁calls▁begin｜>`` (action) and ``<｜tool▁outputs▁begin｜>``
+               (observation) blocks.
+``plain``      ``USER:`` / ``ASSISTANT:`` (Vicuna, also mid-line after ``</s>``),
+               ``Human:`` / ``Assistant:`` turns; a preamble before the first turn
+               is the prompt.
+``langchain``  AgentExecutor verbose logs: ``> Entering new ... chain...`` then an
+               unlabelled first thought, ``Action:`` / ``Action Input:`` /
+               ``Observation:`` / ``Thought:`` / ``Final Answer:``, ANSI colour
+               codes and ``> Finished chain.`` are ``OTHER``.
+``completion`` A bare model output: ``<think>...</think>`` then the answer or
+               tool calls, no turns.
+=============  ==================================================================
+
+Inside the agent turns of every turn layout (and in ``completion``), the same
+agent content rules apply: ``<think>``/``<thinking>``/``<thought>`` (a
+``</think>`` with no ``<think>`` closes reasoning from the turn start),
+``<tool_call>`` (JSON checked), MINT ``<execute>`` / ``<solution>``, OpenHands
+``<execute_bash>`` / ``<execute_ipython>`` / ``<execute_browse>`` / ``<finish>``
+/ ``<function=...>``, fenced commands when the environment answers the turn
+(SWE-agent), ReAct markers in one message (``Thought: ... Action: ...``),
+Qwen-Agent ``✿FUNCTION✿`` / ``✿ARGS✿`` (action), ``✿RESULT✿`` (observation),
+``✿RETURN✿`` (action); prose before a tool call is reasoning. A user turn
+after the first agent turn that starts like an environment reply
+(``Observation:``, ``OBSERVATION:``, ``Out[n]:``, ``Execution result:``,
+``Expert feedback:``, SWE-agent's ``(Open file: ...)`` state lines) is an
+observation. Everywhere, harness lines (:data:`HARNESS`) are ``OTHER``.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+from sad_jax.data.trajectories.spec import FormatSpec
+
+#: Whole lines a run harness writes (never the agent, never the environment): OTHER.
+HARNESS = (
+    r"[ \t]*[=\-*#~_]{4,}[ \t]*\r?$",                                # ----------
+    r"[ \t]*[=\-*#~]{3,}[ \t]*(?:Trial|Episode|Run|Task|Step|Round|Iteration|Instance|Example)\b",
+    r"[ \t]*>?[ \t]*(?:Entering new [^\n]*chain|Finished chain)\b",  # LangChain banners
+    r"[ \t]*(?:Correct|Gold|Ground[ _-]?truth|Expected|Reference|True|Target)[ _]answer[ \t]*(?:is[ \t]*)?[:=]",
+    r"[ \t]*(?:Reward|Score|Success|Accuracy|Final reward|Total reward|Final score|Is correct|"
+    r"STATUS|EM|F1)[ \t]*[:=][ \t]*\S",
+    r"[ \t]*\{[ \t]*['\"](?:reward|score|success|done|correct|is_correct|accuracy|em|f1|won)"
+    r"['\"][ \t]*:[^\n]*\}[ \t]*\r?$",                               # result dicts
+    r"[ \t]*\[(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)\][ \t]",
+    r"[ \t]*\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d",                      # timestamped log lines
+    r"[ \t]*Action[ \t]*:[ \t]*reset[ \t]*\r?$",                     # the harness resets the env
+    r"[ \t]*You have \d+ steps? left",                               # MINT budget lines
+    r"[ \t]*(?:Trial|Episode|Run)[ \t]*#?[ \t]*\d+[ \t]*:?[ \t]*\r?$",
+)
+
+_N = r"(?:[ \t]+\d+)?[ \t]*:"
+_NOT_PROMPT = ["reasoning", "action", "observation"]
+_FENCE = {"open": r"[ \t]*```[\w+.-]*[ \t\r]*(?:\n|\Z)", "regex": True, "line": True,
+          "close": r"^[ \t]*```[^\n]*\n?", "type": "action", "name": "code block"}
+
+#: Tags inside agent turns.
+AGENT_TAGS = (
+    {"open": "<think>", "close": "</think>", "type": "reasoning", "implicit_open": True},
+    {"open": "<thinking>", "close": "</thinking>", "type": "reasoning"},
+    {"open": "<thought>", "close": "</thought>", "type": "reasoning"},
+    {"open": "<tool_call>", "close": "</tool_call>", "type": "action", "validate": "tool_call_json"},
+    {"open": "<execute>", "close": "</execute>", "type": "action"},
+    {"open": "<solution>", "close": "</solution>", "type": "action"},
+    {"open": r"<execute_(?:bash|ipython|browse)>", "close": r"</execute_(?:bash|ipython|browse)>",
+     "regex": True, "type": "action", "name": "<execute_...>"},
+    {"open": "<finish>", "close": "</finish>", "type": "action"},
+    {"open": r"<function=[^>\n]*>", "close": "</function>", "regex": True, "type": "action",
+     "name": "<function=...>"},
+    {"open": "<|python_tag|>", "close": None, "type": "action"},
+    {"open": "<｜tool▁calls▁begin｜>", "close": "<｜tool▁calls▁end｜>", "type": "action"},
+    {"open": "<｜tool▁outputs▁begin｜>", "close": "<｜tool▁outputs▁end｜>", "type": "observation"},
+    {"open": "<｜tool▁output▁begin｜>", "close": "<｜tool▁output▁end｜>", "type": "observation"},
+    {"open": "<tool_response>", "close": "</tool_response>", "type": "observation"},
+    {**_FENCE, "acting": True},
+)
+
+#: Line markers inside agent turns.
+AGENT_MARKERS = (
+    {"match": r"(?i:thoughts?)" + _N, "type": "reasoning"},
+    {"match": r"(?i:reflection|new plan)[ \t]*:", "type": "reasoning"},
+    {"match": r">?[ \t]*think[ \t]*:", "type": "reasoning"},
+    {"match": r"(?i:action)" + _N + r"(?=[ \t]*(?i:think)\[)", "type": "reasoning"},
+    {"match": r"(?i:action input|action|final answer)" + _N, "type": "action"},
+    {"match": r"(?i:observation)" + _N, "type": "observation"},
+    {"match": "✿THOUGHT✿", "type": "reasoning"},
+    {"match": "✿(?:FUNCTION|ARGS)✿", "type": "action"},
+    {"match": "✿RESULT✿", "type": "observation"},
+    {"match": "✿RETURN✿", "type": "action"},
+)
+
+#: A user turn after the first agent turn that starts like this is the environment's reply.
+OBSERVATION_TURNS = (
+    r"(?i:observation|obs)" + _N,
+    r"(?i:observation)[ \t]*\n",
+    r"(?i:execution (?:output|result)|tool (?:output|result|response)|function (?:output|result)|"
+    r"output|result|environment|env)[ \t]*:",
+    r"Out\[\d+\]:",
+    r"(?i:expert feedback)[ \t]*:",
+    r"\[(?:File|Command|Python Interpreter|Jupyter|Code executed|Error)\b",
+    r"(?s).*\(Open file:[^\n]*\)[ \t]*\n\(Current directory:",
+)
+
+_CHAT_ROLES = {"system": "prompt", "developer": "prompt", "user": "prompt", "assistant": "agent",
+               "tool": "observation", "function": "observation", "ipython": "observation",
+               "observation": "observation"}
+
+
+def _turn_layout(name, description, turns, other=()):
+  return {"name": name, "description": description, "turns": turns, "tags": list(AGENT_TAGS),
+          "markers": list(AGENT_MARKERS),
+          "prompt_tags": [{"open": "<tool_response>", "close": "</tool_response>",
+                           "type": "observation"}],
+          "observation_turns": list(OBSERVATION_TURNS), "other": list(other)}
+
+
+_BOS = [r"<s>", r"</s>", r"<\|begin_of_text\|>", r"<\|endoftext\|>", "<｜begin▁of▁sentence｜>",
+        "<｜end▁of▁sentence｜>"]
+
+#: The built-in text formats as spec dicts (``extends:`` names these).
+SPECS = {
+    "react": {
+        "name": "react", "description": "ReAct Thought/Action/Observation lines",
+        "start": "prompt",
+        "markers": [
+            {"match": r"(?:Reflection|New plan)[ \t]*:", "type": "reasoning", "within": _NOT_PROMPT},
+            {"match": r"Action" + _N + r"(?=\s*(?i:think)\[)", "type": "reasoning"},
+            {"match": r"(?:Question|Instruction|Task)" + _N, "type": "prompt"},
+            {"match": r"Thought" + _N, "type": "reasoning"},
+            {"match": r"(?:Action Input|Final Answer)" + _N, "type": "action"},
+            {"match": r"Action" + _N, "type": "action", "nonempty": "empty action"},
+            {"match": r"Observation" + _N, "type": "observation"},
+        ],
+        "require_agent": "no 'Thought:' or 'Action:' line found in ReAct text",
+    },
+    "alfworld": {
+        "name": "alfworld", "description": "ALFWorld '> command' lines",
+        "start": "prompt",
+        "markers": [
+            {"match": r">[ \t]*think[ \t]*:", "type": "reasoning", "scope": "line",
+             "next": "observation", "nonempty": "empty thought"},
+            {"match": r">", "type": "action", "scope": "line", "next": "observation",
+             "nonempty": "empty command"},
+            {"match": r"(?:New plan|Reflection)[ \t]*:", "type": "reasoning", "scope": "line",
+             "next": "prompt", "within": _NOT_PROMPT},
+        ],
+        "require_agent": "no '> command' line found in ALFWorld text",
+    },
+    "codeact": {
+        "name": "codeact", "description": "smolagents Thought/Code/Observation",
+        "start": "prompt",
+        "markers": [
+            {"match": r"(?:Task|Question)[ \t]*:", "type": "prompt"},
+            {"match": r"Thought[ \t]*:", "type": "reasoning"},
+            {"match": r"(?:Code|Final [Aa]nswer)[ \t]*:", "type": "action"},
+            {"match": r"Observation[ \t]*:", "type": "observation"},
+        ],
+        "tags": [
+            {**_FENCE, "open": r"[ \t]*```(?:py|python)?[ \t\r]*(?:\n|\Z)",
+             "within": ["reasoning", "action"], "after": "action"},
+            {"open": r"[ \t]*<code>[ \t\r]*(?:\n|\Z)", "regex": True, "line": True,
+             "close": r"^[ \t]*</code>[^\n]*\n?", "type": "action", "name": "code block",
+             "within": ["reasoning", "action"], "after": "action"},
+        ],
+        "require_agent": "no 'Thought:' or code block found in CodeAct text",
+    },
+    "chatml": _turn_layout("chatml", "<|im_start|>role ... <|im_end|> turns", {
+        "header": r"<\|im_start\|>(?P<role>(?:(?!<\|im_start\|>)[^\n])*)\n",
+        "end": ["<|im_end|>"], "roles": dict(_CHAT_ROLES)}),
+    "llama3": _turn_layout("llama3", "Llama 3 <|start_header_id|> turns", {
+        "header": r"<\|start_header_id\|>(?P<role>[^<\n]*)<\|end_header_id\|>\n{0,2}",
+        "end": ["<|eot_id|>", "<|eom_id|>"], "roles": dict(_CHAT_ROLES)},
+        other=[r"<\|begin_of_text\|>"]),
+    "deepseek": _turn_layout("deepseek", "DeepSeek <｜User｜>/<｜Assistant｜> turns", {
+        "header": "<｜(?P<role>User|Assistant)｜>", "preamble": "prompt",
+        "roles": {"User": "prompt", "Assistant": "agent"}},
+        other=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
+    "plain": _turn_layout("plain", "USER:/ASSISTANT: or Human:/Assistant: turns", {
+        "header": (r"(?:(?<![^\n])|(?<=</s>)|(?<=[ \t])(?=[A-Z]{4,9}:))"
+                   r"(?P<role>USER|ASSISTANT|SYSTEM|Human|Assistant|User|System)[ \t]*:[ \t]?"),
+        "preamble": "prompt",
+        "roles": {"USER": "prompt", "User": "prompt", "Human": "prompt", "SYSTEM": "prompt",
+                  "System": "prompt", "ASSISTANT": "agent", "Assistant": "agent"}},
+        other=[r"</s>", r"<s>"]),
+    "langchain": {
+        "name": "langchain", "description": "LangChain AgentExecutor verbose logs",
+        "start": "prompt",
+        "markers": [
+            {"match": r">?[ \t]*Entering new [^\n]*chain", "type": "other", "scope": "line",
+             "next": "agent"},
+            {"match": r"Thought" + _N, "type": "reasoning"},
+            {"match": r"(?:Action Input|Action|Final Answer)" + _N, "type": "action"},
+            {"match": r"Invoking:", "type": "action", "scope": "line", "next": "observation"},
+            {"match": r"Observation" + _N, "type": "observation"},
+        ],
+        "other": [r"\x1b\[[0-9;]*[A-Za-z]"],
+        "require_agent": "no thought or action found in the LangChain log",
+    },
+    "completion": {
+        "name": "completion", "description": "a bare model output: <think>...</think> answer",
+        "start": "agent", "tags": list(AGENT_TAGS), "markers": list(AGENT_MARKERS),
+        "other": _BOS,
+    },
+}
+
+TEXT_FORMATS = tuple(SPECS)
+
+_CODE = re.compile(r"^[ \t]*(```(?:py|python)?|<code>)[ \t\r]*$|<end_code>", re.MULTILINE)
+_CODEACT_MARKER = re.compile(r"^(Thought|Code)[ \t]*:", re.MULTILINE)
+_REACT_MARKER = re.compile(r"^(Thought|Action)(?:[ \t]+\d+)?[ \t]*:", re.MULTILINE)
+_ALFWORLD_COMMAND = re.compile(r"^>", re.MULTILINE)
+_LANGCHAIN = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*>?[ \t]*(?:Entering new [^\n]*chain|Finished chain)",
+                        re.MULTILINE)
+_COMPLETION = re.compile(r"<think>|</think>|<tool_call>")
+
+
+@functools.lru_cache(maxsize=None)
+def builtin(name: str) -> FormatSpec:
+  """The compiled built-in spec ``name`` (one of :data:`TEXT_FORMATS`)."""
+  return FormatSpec.from_dict(SPECS[name])
+
+
+def _has_agent_turn(name: str, text: str) -> bool:
+  spec = builtin(name)
+  return any(spec.turns.roles.get(m.group("role")) == "agent"
+             for m in spec.turns.header.finditer(text))
+
+
+def detect_text(text: str) -> str | None:
+  """The built-in text format of ``text``, or None; rules in order, first match wins.
+
+  ``<|im_start|>`` -> chatml; ``<|start_header_id|>`` -> llama3; ``<｜User｜>`` or
+  ``<｜Assistant｜>`` -> deepseek; a LangChain chain banner -> langchain; an
+  ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
+  line with a code fence or ``<end_code>`` -> codeact; a ``Thought[ n]:`` /
+  ``Action[ n]:`` line -> react; a line starting with ``>`` -> alfworld;
+  ``<think>``, ``</think>`` or ``<tool_call>`` -> completion.
+  """
+  if "<|im_start|>" in text:
+    return "chatml"
+  if "<|start_header_id|>" in text:
+    return "llama3"
+  if "<｜User｜>" in text or "<｜Assistant｜>" in text:
+    return "deepseek"
+  if _LANGCHAIN.search(text):
+    return "langchain"
+  if _has_agent_turn("plain", text):
+    return "plain"
+  if _CODEACT_MARKER.search(text) and _CODE.search(text):
+    return "codeact"
+  if _REACT_MARKER.search(text):
+    return "react"
+  if _ALFWORLD_COMMAND.search(text):
+    return "alfworld"
+  if _COMPLETION.search(text):
+    return "completion"
+  return None
