@@ -129,7 +129,7 @@ def test_alignment_errors_name_the_argument():
     tj.token_span_ids(seg, [(0, 3), (3, 99)])
   with pytest.raises(ValueError, match="offsets must be a sequence of"):
     tj.token_span_ids(seg, [0, 1, 2])
-  with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer or a callable"):
+  with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer, a tiktoken.Encoding or a callable"):
     tj.tokenize(seg, 42)
   with pytest.raises(ValueError, match="must return \\(ids, offsets\\)"):
     tj.tokenize(seg, lambda text: [1, 2])

@@ -55,7 +55,6 @@ from sad_jax.data.trajectories.spec import FormatSpec
 HARNESS = (
     r"[ \t]*[=\-*#~_]{4,}[ \t]*\r?$",                                # ----------
     r"[ \t]*[=\-*#~]{3,}[ \t]*(?:Trial|Episode|Run|Task|Step|Round|Iteration|Instance|Example)\b",
-    r"[ \t]*>?[ \t]*(?:Entering new [^\n]*chain|Finished chain)\b",  # LangChain banners
     r"[ \t]*(?:Correct|Gold|Ground[ _-]?truth|Expected|Reference|True|Target)[ _]answer[ \t]*(?:is[ \t]*)?[:=]",
     r"[ \t]*(?:Reward|Score|Success|Accuracy|Final reward|Total reward|Final score|Is correct|"
     r"STATUS|EM|F1)[ \t]*[:=][ \t]*\S",
@@ -207,6 +206,7 @@ SPECS = {
         "markers": [
             {"match": r">?[ \t]*Entering new [^\n]*chain", "type": "other", "scope": "line",
              "next": "agent"},
+            {"match": r">?[ \t]*Finished chain", "type": "other", "scope": "line", "next": "other"},
             {"match": r"Thought" + _N, "type": "reasoning"},
             {"match": r"(?:Action Input|Action|Final Answer)" + _N, "type": "action"},
             {"match": r"Invoking:", "type": "action", "scope": "line", "next": "observation"},

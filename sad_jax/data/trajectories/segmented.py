@@ -113,9 +113,10 @@ class Segmented:
     reasons = []
     if not any(t in (SpanType.REASONING, SpanType.ACTION) for _, _, t in self.spans):
       reasons.append("no agent span (no reasoning or action characters)")
-    solid = np.array([not c.isspace() for c in self.text], bool)
-    if solid.any():
-      other = float((self.char_types()[solid] == SpanType.OTHER).mean())
+    solid = len("".join(self.text.split()))
+    if solid:
+      other = sum(len("".join(self.text[s:e].split())) for s, e, t in self.pieces()
+                  if t == SpanType.OTHER) / solid
       if other > max_other:
         reasons.append(f"{other:.0%} of the non-space characters are OTHER (> {max_other:.0%})")
     return reasons

@@ -534,8 +534,7 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
   rec = Recovery(text, strict)
   if spec.turns is None:
     base = spec.start
-    pieces = scan(spec, text, 0, len(text), base, rec, agent=True,
-                  free_type=SpanType.ACTION)
+    pieces = _task_before_first_act(scan(spec, text, 0, len(text), base, rec, agent=True))
   else:
     pieces = _segment_turns(spec, text, rec)
   seg = build(text, pieces, spec.other, spec.name, rec.warnings)
@@ -543,6 +542,16 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
     rec.fail(spec.require_agent, 0)
     seg = dataclasses.replace(seg, warnings=tuple(rec.warnings))
   return seg
+
+
+def _task_before_first_act(pieces: list) -> list:
+  """Observations before the agent's first span are the task (the environment's first page)."""
+  for piece in pieces:
+    if piece[2] in (SpanType.REASONING, SpanType.ACTION):
+      break
+    if piece[2] == SpanType.OBSERVATION:
+      piece[2] = SpanType.PROMPT
+  return pieces
 
 
 def _outside(spec: FormatSpec, text: str, start: int, end: int, rec: Recovery) -> None:

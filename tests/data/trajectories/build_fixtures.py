@@ -1,0 +1,516 @@
+"""Writes `conventions.jsonl`: one or more trajectories per agent-data convention.
+
+Every trajectory is written for this project, in the layout the convention documents
+(the source of each layout is named in the record's `convention`); none is copied from
+a dataset or a log. `expect` holds the span types a careful annotator sets: for each
+type, substrings of which at least one occurrence must have every non-space character
+labelled with that type. Run from the repository root:
+
+  python tests/data/trajectories/build_fixtures.py
+"""
+import json
+import pathlib
+
+E = "\x1b"  # ANSI escape (LangChain colours its verbose output)
+
+RECORDS = [
+    # ------------------------------------------------------------------ dataset schemas
+    {
+        "name": "sharegpt_function_call_observation",
+        "convention": "ShareGPT as LLaMA-Factory's data/README documents it: conversations of "
+                      "from/value, roles human / gpt / function_call / observation, a `system` "
+                      "field and `tools` as a JSON string",
+        "format": "sharegpt",
+        "trajectory": {
+            "system": "You are a travel assistant with tools.",
+            "tools": json.dumps([{"name": "train_times", "description": "Departures between two cities",
+                                  "parameters": {"type": "object", "properties": {
+                                      "origin": {"type": "string"}, "dest": {"type": "string"}}}}]),
+            "conversations": [
+                {"from": "human", "value": "When does the next train from Lyon to Turin leave?"},
+                {"from": "function_call", "value": json.dumps(
+                    {"name": "train_times", "arguments": {"origin": "Lyon", "dest": "Turin"}})},
+                {"from": "observation", "value": json.dumps({"departures": ["14:05", "17:40"]})},
+                {"from": "gpt", "value": "The next train to Turin leaves Lyon at 14:05."},
+            ]},
+        "expect": {"PROMPT": ["When does the next train from Lyon", "You are a travel assistant",
+                              "Departures between two cities"],
+                   "ACTION": ["train_times", "\"origin\": \"Lyon\"", "The next train to Turin leaves Lyon at 14:05."],
+                   "OBSERVATION": ["\"departures\": [\"14:05\", \"17:40\"]"]},
+    },
+    {
+        "name": "sharegpt_react_in_chat",
+        "convention": "ReAct-in-chat agent instruction data in ShareGPT form: the task and the "
+                      "environment's `Observation:` replies come from `human`, the agent's "
+                      "`Thought:`/`Action:` from `gpt`",
+        "format": "sharegpt",
+        "trajectory": [
+            {"from": "human", "value": "Answer with the search tool. Use Thought:, Action: and "
+                                       "finish[answer].\nQuestion: Which is longer, the Loire or the Rhone?"},
+            {"from": "gpt", "value": "Thought: I need the length of the Loire first.\nAction: search[Loire length]"},
+            {"from": "human", "value": "Observation: The Loire is about 1006 km long."},
+            {"from": "gpt", "value": "Thought: Now the Rhone.\nAction: search[Rhone length]"},
+            {"from": "human", "value": "Observation: The Rhone is about 813 km long."},
+            {"from": "gpt", "value": "Thought: 1006 km is more than 813 km, so the Loire is longer.\n"
+                                     "Action: finish[the Loire]"},
+        ],
+        "expect": {"PROMPT": ["Which is longer, the Loire or the Rhone?", "Use Thought:, Action: and"],
+                   "REASONING": ["I need the length of the Loire first.", "Now the Rhone.",
+                                 "so the Loire is longer."],
+                   "ACTION": ["search[Loire length]", "search[Rhone length]", "finish[the Loire]"],
+                   "OBSERVATION": ["The Loire is about 1006 km long.", "Observation: The Rhone is about 813 km"]},
+    },
+    {
+        "name": "llamafactory_content_parts",
+        "convention": "LLaMA-Factory OpenAI-style messages whose content is a list of typed "
+                      "parts: reasoning, text and tool_call (value = the call as JSON)",
+        "format": "chat",
+        "trajectory": {"messages": [
+            {"role": "user", "content": [{"type": "text", "value": "Convert 72 F to Celsius."}]},
+            {"role": "assistant", "content": [
+                {"type": "reasoning", "value": "C = (F - 32) * 5 / 9; the converter tool does this exactly."},
+                {"type": "tool_call", "value": json.dumps({"name": "convert_temp",
+                                                           "arguments": {"value": 72, "unit": "F"}})}]},
+            {"role": "tool", "content": [{"type": "text", "value": "22.2 C"}]},
+            {"role": "assistant", "content": [{"type": "text", "value": "72 F is about 22.2 C."}]},
+        ]},
+        "expect": {"PROMPT": ["Convert 72 F to Celsius."],
+                   "REASONING": ["the converter tool does this exactly."],
+                   "ACTION": ["convert_temp", "\"unit\": \"F\"", "72 F is about 22.2 C."],
+                   "OBSERVATION": ["22.2 C"]},
+    },
+    {
+        "name": "qwen_agent_function_messages",
+        "convention": "Qwen-Agent messages: assistant `function_call` {name, arguments}, "
+                      "`role: function` results, `reasoning_content`",
+        "format": "chat",
+        "trajectory": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the population of Reykjavik?"},
+            {"role": "assistant", "content": "", "reasoning_content": "I should look it up rather than guess.",
+             "function_call": {"name": "city_facts", "arguments": "{\"city\": \"Reykjavik\"}"}},
+            {"role": "function", "name": "city_facts", "content": "{\"population\": 139875}"},
+            {"role": "assistant", "content": "Reykjavik has about 140,000 inhabitants."},
+        ],
+        "expect": {"PROMPT": ["What is the population of Reykjavik?"],
+                   "REASONING": ["I should look it up rather than guess."],
+                   "ACTION": ["city_facts", "Reykjavik has about 140,000 inhabitants."],
+                   "OBSERVATION": ["\"population\": 139875"]},
+    },
+    {
+        "name": "ms_swift_tool_call_roles",
+        "convention": "ms-swift agent messages: roles `tool_call` (the call as JSON) and "
+                      "`tool_response` after an assistant message",
+        "format": "chat",
+        "trajectory": {"messages": [
+            {"role": "user", "content": "Is it going to rain in Bergen tomorrow?"},
+            {"role": "assistant", "content": "Let me check the forecast for Bergen."},
+            {"role": "tool_call", "content": json.dumps({"name": "forecast",
+                                                         "arguments": {"city": "Bergen", "day": "tomorrow"}})},
+            {"role": "tool_response", "content": "rain, 11 mm"},
+            {"role": "assistant", "content": "Yes, about 11 mm of rain is expected in Bergen tomorrow."},
+        ]},
+        "expect": {"PROMPT": ["Is it going to rain in Bergen tomorrow?"],
+                   "REASONING": ["Let me check the forecast for Bergen."],
+                   "ACTION": ["forecast", "\"day\": \"tomorrow\"", "about 11 mm of rain is expected"],
+                   "OBSERVATION": ["rain, 11 mm"]},
+    },
+    {
+        "name": "agentbench_alfworld_turn_list",
+        "convention": "AgentBench-style ALFWorld history as a list of turn strings: the task, "
+                      "then agent `THOUGHT:`/`ACTION:` turns and environment replies",
+        "format": "turns",
+        "trajectory": [
+            "Interact with a household to solve a task. Reply with THOUGHT: and ACTION:.\n"
+            "You are in the middle of a room. Looking around you, you see a desk 1, a shelf 1 and a "
+            "drawer 1.\nYour task is to: put a pen in the drawer.",
+            "THOUGHT: A pen is probably on the desk.\nACTION: go to desk 1",
+            "On the desk 1, you see a pen 2 and a lamp 1.",
+            "THOUGHT: There is the pen.\nACTION: take pen 2 from desk 1",
+            "You pick up the pen 2 from the desk 1.",
+            "ACTION: put pen 2 in/on drawer 1",
+            "You put the pen 2 in/on the drawer 1.",
+        ],
+        "expect": {"PROMPT": ["Your task is to: put a pen in the drawer."],
+                   "REASONING": ["A pen is probably on the desk.", "There is the pen."],
+                   "ACTION": ["go to desk 1", "take pen 2 from desk 1", "put pen 2 in/on drawer 1"],
+                   "OBSERVATION": ["On the desk 1, you see a pen 2", "You put the pen 2 in/on the drawer 1."]},
+    },
+    {
+        "name": "alfworld_react_turn_list",
+        "convention": "ReAct ALFWorld turns as a list of strings: `think:` turns are reasoning, "
+                      "bare commands actions, `OK.` and room text observations",
+        "format": "turns",
+        "trajectory": [
+            "You are in the middle of a room. You see a sinkbasin 1 and a fridge 1.\n"
+            "Your task is to: clean some lettuce and put it in fridge.",
+            "think: First I need lettuce; it is likely in the fridge.",
+            "OK.",
+            "open fridge 1",
+            "You open the fridge 1. In it, you see a lettuce 1.",
+        ],
+        "expect": {"PROMPT": ["clean some lettuce and put it in fridge."],
+                   "REASONING": ["First I need lettuce; it is likely in the fridge."],
+                   "ACTION": ["open fridge 1"],
+                   "OBSERVATION": ["OK.", "In it, you see a lettuce 1."]},
+    },
+    {
+        "name": "swe_agent_steps",
+        "convention": "SWE-agent .traj steps: thought, action (a shell command), observation",
+        "format": "swe-agent",
+        "trajectory": {"trajectory": [
+            {"thought": "Let's find where the parser lives before editing anything.",
+             "action": "find_file \"parser.py\"",
+             "observation": "Found 1 matches for \"parser.py\" in /repo:\n/repo/src/parser.py"},
+            {"thought": "Now open the file at the failing function.",
+             "action": "open src/parser.py 120",
+             "observation": "[File: /repo/src/parser.py (300 lines total)]\n120:def parse_date(s):"},
+            {"thought": "The fix is done; submit it.", "action": "submit", "observation": ""},
+        ]},
+        "expect": {"REASONING": ["Let's find where the parser lives", "Now open the file at the failing function."],
+                   "ACTION": ["find_file \"parser.py\"", "open src/parser.py 120", "submit"],
+                   "OBSERVATION": ["/repo/src/parser.py (300 lines total)", "Found 1 matches"]},
+    },
+    {
+        "name": "swe_agent_history_no_function_calling",
+        "convention": "SWE-agent history messages without function calling: the command in a "
+                      "fence after the discussion, observations as `user` messages ending with "
+                      "the `(Open file: ...)` / `(Current directory: ...)` state lines",
+        "format": "swe-agent",
+        "trajectory": {"history": [
+            {"role": "system", "content": "You are an autonomous programmer working in a shell."},
+            {"role": "user", "content": "We need to fix this issue: dates before 1970 crash the parser."},
+            {"role": "assistant", "content": "First I will reproduce the crash with a small script.\n\n"
+                                             "```\ncreate reproduce.py\n```"},
+            {"role": "user", "content": "[File: /repo/reproduce.py (1 lines total)]\n1:\n"
+                                        "(Open file: /repo/reproduce.py)\n(Current directory: /repo)\nbash-$"},
+            {"role": "assistant", "content": "Now run it.\n\n```\npython reproduce.py\n```"},
+            {"role": "user", "content": "ValueError: year 1969 is out of range\n"
+                                        "(Open file: /repo/reproduce.py)\n(Current directory: /repo)\nbash-$"},
+        ]},
+        "expect": {"PROMPT": ["dates before 1970 crash the parser.", "You are an autonomous programmer"],
+                   "REASONING": ["First I will reproduce the crash with a small script.", "Now run it."],
+                   "ACTION": ["create reproduce.py", "python reproduce.py"],
+                   "OBSERVATION": ["ValueError: year 1969 is out of range", "(Current directory: /repo)",
+                                   "[File: /repo/reproduce.py (1 lines total)]"]},
+    },
+    # ------------------------------------------------------------------ agent frameworks in messages
+    {
+        "name": "openhands_codeact_messages",
+        "convention": "OpenHands CodeActAgent prompts: prose, then <execute_bash> / "
+                      "<execute_ipython> / <execute_browse>, `OBSERVATION:` user replies, <finish>",
+        "format": "chat",
+        "trajectory": [
+            {"role": "system", "content": "You run bash with <execute_bash> and Python with <execute_ipython>."},
+            {"role": "user", "content": "Count the lines of data.csv and tell me the number."},
+            {"role": "assistant", "content": "I will count them with wc.\n<execute_bash>\nwc -l data.csv\n</execute_bash>"},
+            {"role": "user", "content": "OBSERVATION:\n41 data.csv\n[Command finished with exit code 0]"},
+            {"role": "assistant", "content": "One line is the header; let me check it in Python.\n"
+                                             "<execute_ipython>\nprint(open('data.csv').readline())\n</execute_ipython>"},
+            {"role": "user", "content": "OBSERVATION:\nid,name,score"},
+            {"role": "assistant", "content": "Let me also look at the project page.\n"
+                                             "<execute_browse>\ngoto('http://localhost:8000')\n</execute_browse>"},
+            {"role": "user", "content": "OBSERVATION:\nThe page shows 40 rows."},
+            {"role": "assistant", "content": "data.csv has 40 data rows plus a header.\n<finish></finish>"},
+        ],
+        "expect": {"PROMPT": ["Count the lines of data.csv"],
+                   "REASONING": ["I will count them with wc.", "One line is the header; let me check it",
+                                 "Let me also look at the project page.", "data.csv has 40 data rows plus a header."],
+                   "ACTION": ["<execute_bash>\nwc -l data.csv\n</execute_bash>", "print(open('data.csv').readline())",
+                              "goto('http://localhost:8000')", "<finish></finish>"],
+                   "OBSERVATION": ["41 data.csv", "[Command finished with exit code 0]", "id,name,score",
+                                   "The page shows 40 rows."]},
+    },
+    {
+        "name": "mint_codeact_messages",
+        "convention": "MINT interaction: <thought> and <execute> in the assistant turn, "
+                      "`Observation:` replies with the harness's step budget line, "
+                      "`Expert feedback:`, <solution>",
+        "format": "chat",
+        "trajectory": [
+            {"role": "user", "content": "Task:\nWhat is the sum of the squares of 1..10? "
+                                        "Answer inside <solution></solution>."},
+            {"role": "assistant", "content": "<thought> A loop is the simplest way to be sure. </thought>\n"
+                                             "<execute> print(sum(i * i for i in range(1, 11))) </execute>"},
+            {"role": "user", "content": "Observation:\n385\nYou have 4 steps left and 2 chances to propose solution left."},
+            {"role": "user", "content": "Expert feedback:\nThe computation is right; propose it now."},
+            {"role": "assistant", "content": "<solution> 385 </solution>"},
+        ],
+        "expect": {"PROMPT": ["What is the sum of the squares of 1..10?"],
+                   "REASONING": ["A loop is the simplest way to be sure."],
+                   "ACTION": ["print(sum(i * i for i in range(1, 11)))", "<solution> 385 </solution>"],
+                   "OBSERVATION": ["385", "The computation is right; propose it now."],
+                   "OTHER": ["You have 4 steps left and 2 chances to propose solution left."]},
+    },
+    {
+        "name": "openai_prose_before_tool_call_and_tools",
+        "convention": "OpenAI chat with a `tools` list (rendered into the system prompt as "
+                      "chat templates do) and assistant prose before its tool call",
+        "format": "chat",
+        "trajectory": {
+            "tools": [{"type": "function", "function": {"name": "stock_price", "description": "Latest price of a ticker",
+                                                        "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "user", "content": "How much is one ACME share?"},
+                {"role": "assistant", "content": "I'll look up the latest ACME price.",
+                 "tool_calls": [{"id": "c1", "type": "function",
+                                 "function": {"name": "stock_price", "arguments": "{\"ticker\": \"ACME\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "{\"price\": 12.5}"},
+                {"role": "assistant", "content": "One ACME share costs 12.50."},
+            ]},
+        "expect": {"PROMPT": ["How much is one ACME share?", "Latest price of a ticker", "<tools>"],
+                   "REASONING": ["I'll look up the latest ACME price."],
+                   "ACTION": ["\"ticker\": \"ACME\"", "One ACME share costs 12.50."],
+                   "OBSERVATION": ["\"price\": 12.5"]},
+    },
+    # ------------------------------------------------------------------ chat-template text
+    {
+        "name": "chatml_react_with_observation_in_assistant_turn",
+        "convention": "ReAct inside one ChatML assistant turn, with the tool result written "
+                      "into the same turn after `Observation:`",
+        "format": "chatml",
+        "trajectory": "<|im_start|>user\nWhat year was the Eiffel Tower finished?<|im_end|>\n"
+                      "<|im_start|>assistant\nThought: I should search for it.\nAction: search\n"
+                      "Action Input: Eiffel Tower completion year\nObservation: It was completed in 1889.\n"
+                      "Thought: That answers it.\nFinal Answer: 1889<|im_end|>\n",
+        "expect": {"PROMPT": ["What year was the Eiffel Tower finished?"],
+                   "REASONING": ["I should search for it.", "That answers it."],
+                   "ACTION": ["Action Input: Eiffel Tower completion year", "Final Answer: 1889"],
+                   "OBSERVATION": ["It was completed in 1889."]},
+    },
+    {
+        "name": "qwen_agent_fncall_text",
+        "convention": "Qwen-Agent function-call prompt rendered in ChatML: ✿FUNCTION✿ / ✿ARGS✿ "
+                      "(the call), ✿RESULT✿ (the tool's output, in the assistant turn), ✿RETURN✿ (the answer)",
+        "format": "chatml",
+        "trajectory": "<|im_start|>system\nYou may call tools.<|im_end|>\n"
+                      "<|im_start|>user\nWhat time is it in Tokyo?<|im_end|>\n"
+                      "<|im_start|>assistant\n✿FUNCTION✿: world_clock\n✿ARGS✿: {\"tz\": \"Asia/Tokyo\"}\n"
+                      "✿RESULT✿: 21:14\n✿RETURN✿: It is 21:14 in Tokyo.<|im_end|>\n",
+        "expect": {"PROMPT": ["What time is it in Tokyo?"],
+                   "ACTION": ["✿FUNCTION✿: world_clock", "{\"tz\": \"Asia/Tokyo\"}", "It is 21:14 in Tokyo."],
+                   "OBSERVATION": ["✿RESULT✿: 21:14"]},
+    },
+    {
+        "name": "llama3_headers_ipython",
+        "convention": "Llama 3.1 prompt format: <|begin_of_text|>, <|start_header_id|>role"
+                      "<|end_header_id|>, <|eot_id|> / <|eom_id|>, <|python_tag|> tool calls, "
+                      "`ipython` tool output",
+        "format": "llama3",
+        "trajectory": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+                      "Environment: ipython<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+                      "What is 2 to the power 40?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                      "<|python_tag|>print(2 ** 40)<|eom_id|><|start_header_id|>ipython<|end_header_id|>\n\n"
+                      "1099511627776<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                      "2 to the power 40 is 1099511627776.<|eot_id|>",
+        "expect": {"PROMPT": ["What is 2 to the power 40?", "Environment: ipython"],
+                   "ACTION": ["print(2 ** 40)", "2 to the power 40 is 1099511627776."],
+                   "OBSERVATION": ["1099511627776"],
+                   "OTHER": ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>"]},
+    },
+    {
+        "name": "deepseek_r1_fullwidth_tokens",
+        "convention": "DeepSeek-R1 chat template: <｜begin▁of▁sentence｜> then the system prompt, "
+                      "<｜User｜> / <｜Assistant｜> with full-width bars, <think> reasoning, "
+                      "<｜end▁of▁sentence｜>",
+        "format": "deepseek",
+        "trajectory": "<｜begin▁of▁sentence｜>You are a careful math tutor.<｜User｜>Is 221 prime?"
+                      "<｜Assistant｜><think>\n221 = 13 * 17, so it has divisors other than 1 and itself.\n"
+                      "</think>\n\nNo: 221 = 13 × 17.<｜end▁of▁sentence｜>",
+        "expect": {"PROMPT": ["Is 221 prime?", "You are a careful math tutor."],
+                   "REASONING": ["221 = 13 * 17, so it has divisors"],
+                   "ACTION": ["No: 221 = 13 × 17."],
+                   "OTHER": ["<｜end▁of▁sentence｜>", "<｜User｜>", "<｜begin▁of▁sentence｜>"]},
+    },
+    {
+        "name": "deepseek_v3_tool_calls",
+        "convention": "DeepSeek-V3 tool calls: <｜tool▁calls▁begin｜> ... <｜tool▁calls▁end｜>, "
+                      "the outputs in <｜tool▁outputs▁begin｜> ... <｜tool▁outputs▁end｜>, then the answer",
+        "format": "deepseek",
+        "trajectory": "<｜begin▁of▁sentence｜><｜User｜>Weather in Lima?<｜Assistant｜>"
+                      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>weather\n```json\n"
+                      "{\"city\": \"Lima\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
+                      "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{\"sky\": \"overcast\", \"c\": 18}"
+                      "<｜tool▁output▁end｜><｜tool▁outputs▁end｜>It is overcast and 18 C in Lima."
+                      "<｜end▁of▁sentence｜>",
+        "expect": {"PROMPT": ["Weather in Lima?"],
+                   "ACTION": ["{\"city\": \"Lima\"}", "It is overcast and 18 C in Lima."],
+                   "OBSERVATION": ["\"sky\": \"overcast\""]},
+    },
+    {
+        "name": "plain_vicuna_one_line",
+        "convention": "Vicuna v1.1 conversation template: a system sentence, then `USER:` / "
+                      "`ASSISTANT:` separated by spaces, `</s>` after each answer",
+        "format": "plain",
+        "trajectory": "A chat between a curious user and an artificial intelligence assistant. "
+                      "USER: Name a prime number above 50. ASSISTANT: 53 is prime.</s>"
+                      "USER: And one above 60? ASSISTANT: 61.</s>",
+        "expect": {"PROMPT": ["A chat between a curious user", "Name a prime number above 50.", "And one above 60?"],
+                   "ACTION": ["53 is prime.", "61."],
+                   "OTHER": ["</s>", "ASSISTANT:"]},
+    },
+    {
+        "name": "plain_openhands_text_log",
+        "convention": "OpenHands-style text transcript: `----------` separators, `USER:` / "
+                      "`ASSISTANT:` turns, <execute_bash>, `OBSERVATION:` from the user side",
+        "format": "plain",
+        "trajectory": "----------\n\nUSER: Make a folder named out.\n\n----------\n\n"
+                      "ASSISTANT: Creating it now.\n<execute_bash>\nmkdir -p out\n</execute_bash>\n\n"
+                      "----------\n\nUSER: OBSERVATION:\n[Command finished with exit code 0]\n\n----------\n\n"
+                      "ASSISTANT: The folder out exists now.\n",
+        "expect": {"PROMPT": ["Make a folder named out."],
+                   "REASONING": ["Creating it now."],
+                   "ACTION": ["mkdir -p out", "The folder out exists now."],
+                   "OBSERVATION": ["[Command finished with exit code 0]"],
+                   "OTHER": ["----------"]},
+    },
+    {
+        "name": "plain_human_assistant_react",
+        "convention": "Human:/Assistant: transcript whose assistant turns are ReAct steps and "
+                      "whose human turns after the first carry the observations",
+        "format": "plain",
+        "trajectory": "Human: Find the capital of Australia with the lookup tool.\n\n"
+                      "Assistant: Thought: Many people guess Sydney; I should check.\nAction: lookup[Australia capital]\n\n"
+                      "Human: Observation: Canberra is the capital of Australia.\n\n"
+                      "Assistant: Thought: Confirmed.\nAction: finish[Canberra]\n",
+        "expect": {"PROMPT": ["Find the capital of Australia with the lookup tool."],
+                   "REASONING": ["Many people guess Sydney; I should check.", "Confirmed."],
+                   "ACTION": ["lookup[Australia capital]", "finish[Canberra]"],
+                   "OBSERVATION": ["Canberra is the capital of Australia."]},
+    },
+    {
+        "name": "bare_think_completion_with_bos",
+        "convention": "A raw model completion as R1-style models emit it: a BOS token, "
+                      "<think> at the start, then the answer",
+        "format": "completion",
+        "trajectory": "<s><think>\nThe user wants a haiku about rain; five, seven, five syllables.\n</think>\n\n"
+                      "Soft rain on the roof\nthe gutters hum a low song\nnight drinks the city",
+        "expect": {"REASONING": ["five, seven, five syllables."],
+                   "ACTION": ["Soft rain on the roof", "night drinks the city"],
+                   "OTHER": ["<s>"]},
+    },
+    {
+        "name": "bare_think_completion_tool_call",
+        "convention": "A raw completion: </think> closes reasoning the template opened, then a "
+                      "Hermes <tool_call>",
+        "format": "completion",
+        "trajectory": "I need today's exchange rate before converting.\n</think>\n\n<tool_call>\n"
+                      "{\"name\": \"fx_rate\", \"arguments\": {\"pair\": \"EURUSD\"}}\n</tool_call>",
+        "expect": {"REASONING": ["I need today's exchange rate before converting."],
+                   "ACTION": ["\"pair\": \"EURUSD\""]},
+    },
+    # ------------------------------------------------------------------ logs and text layouts
+    {
+        "name": "langchain_agent_executor_log",
+        "convention": "LangChain AgentExecutor verbose=True output: chain banners, an unlabelled "
+                      "first thought, Action / Action Input / Observation / Thought / Final Answer, "
+                      "ANSI colour codes",
+        "format": "langchain",
+        "trajectory": f"\n\n{E}[1m> Entering new AgentExecutor chain...{E}[0m\n"
+                      f"{E}[32;1m{E}[1;3m I should find the tallest mountain in Japan first.\n"
+                      f"Action: Search\nAction Input: \"tallest mountain in Japan\"{E}[0m\n"
+                      f"Observation: {E}[36;1m{E}[1;3mMount Fuji, 3776 m{E}[0m\n"
+                      f"Thought:{E}[32;1m{E}[1;3m I now know the final answer.\n"
+                      f"Final Answer: Mount Fuji (3776 m){E}[0m\n\n{E}[1m> Finished chain.{E}[0m\n",
+        "expect": {"REASONING": ["I should find the tallest mountain in Japan first.", "I now know the final answer."],
+                   "ACTION": ["Action: Search", "\"tallest mountain in Japan\"", "Final Answer: Mount Fuji (3776 m)"],
+                   "OBSERVATION": ["Mount Fuji, 3776 m"],
+                   "OTHER": ["> Entering new AgentExecutor chain...", "> Finished chain.", f"{E}[32;1m"]},
+    },
+    {
+        "name": "react_run_log_with_harness_lines",
+        "convention": "A ReAct HotpotQA run log as evaluation harnesses print it: a banner, the "
+                      "trajectory, then the gold answer, a result dict and a score line",
+        "format": "react",
+        "trajectory": "==================== Episode 7 ====================\n"
+                      "Question: Which country is the Matterhorn in, besides Switzerland?\n"
+                      "Thought 1: The Matterhorn sits on a border; I should search it.\n"
+                      "Action 1: Search[Matterhorn]\n"
+                      "Observation 1: The Matterhorn lies on the main watershed between Switzerland and Italy.\n"
+                      "Thought 2: So the other country is Italy.\nAction 2: Finish[Italy]\n"
+                      "Correct answer: Italy\n{'reward': 1, 'em': True, 'f1': 1.0}\nReward: 1\n",
+        "expect": {"PROMPT": ["Which country is the Matterhorn in"],
+                   "REASONING": ["The Matterhorn sits on a border", "So the other country is Italy."],
+                   "ACTION": ["Search[Matterhorn]", "Finish[Italy]"],
+                   "OBSERVATION": ["between Switzerland and Italy."],
+                   "OTHER": ["Correct answer: Italy", "{'reward': 1, 'em': True, 'f1': 1.0}", "Reward: 1",
+                             "==================== Episode 7 ===================="]},
+    },
+    {
+        "name": "webshop_reset_by_harness",
+        "convention": "A WebShop log that starts with the harness's `Action: reset`; the first "
+                      "observation is the instruction page",
+        "format": "react",
+        "trajectory": "Action: reset\nObservation: WebShop [SEP] Instruction: [SEP] i want a blue "
+                      "cotton scarf under 20 dollars [SEP] Search\n"
+                      "Action: search[blue cotton scarf]\n"
+                      "Observation: [Back to Search] [SEP] B0SC4RF [SEP] Blue Cotton Scarf [SEP] $12.99\n"
+                      "Action: think[B0SC4RF is blue, cotton and cheap enough.]\nObservation: OK.\n"
+                      "Action: click[B0SC4RF]\n",
+        "expect": {"PROMPT": ["i want a blue cotton scarf under 20 dollars"],
+                   "REASONING": ["think[B0SC4RF is blue, cotton and cheap enough.]"],
+                   "ACTION": ["search[blue cotton scarf]", "click[B0SC4RF]"],
+                   "OBSERVATION": ["Blue Cotton Scarf [SEP] $12.99"],
+                   "OTHER": ["Action: reset"]},
+    },
+    {
+        "name": "reflexion_alfworld_new_plan",
+        "convention": "Reflexion on ALFWorld: a failed trial, the harness's `STATUS: FAIL`, then "
+                      "the agent's self-reflection after `New plan:`",
+        "format": "alfworld",
+        "trajectory": "You are in the middle of a room. You see a stoveburner 1 and a countertop 1.\n"
+                      "Your task is to: heat some egg and put it in countertop.\n"
+                      "> go to stoveburner 1\nOn the stoveburner 1, you see nothing.\n"
+                      "> go to stoveburner 1\nNothing happens.\nSTATUS: FAIL\n"
+                      "New plan: I went to the stove before finding the egg. Next time I will look for "
+                      "the egg in the fridge first, then heat it with the microwave.\n",
+        "expect": {"PROMPT": ["heat some egg and put it in countertop."],
+                   "REASONING": ["I went to the stove before finding the egg.",
+                                 "then heat it with the microwave."],
+                   "ACTION": ["go to stoveburner 1"],
+                   "OBSERVATION": ["Nothing happens.", "On the stoveburner 1, you see nothing."],
+                   "OTHER": ["STATUS: FAIL"]},
+    },
+    {
+        "name": "reflexion_hotpotqa_reflection",
+        "convention": "Reflexion on HotpotQA: a ReAct trial that failed, then the agent's "
+                      "`Reflection:`",
+        "format": "react",
+        "trajectory": "Question: Who wrote the novel that the film Vertigo was based on?\n"
+                      "Thought 1: I think Vertigo was based on a novel by Daphne du Maurier.\n"
+                      "Action 1: Finish[Daphne du Maurier]\n"
+                      "Observation 1: Answer is INCORRECT\n"
+                      "Reflection: I answered from memory without searching. Vertigo was adapted from "
+                      "a French novel; next time I will search the film first.\n",
+        "expect": {"PROMPT": ["Who wrote the novel that the film Vertigo"],
+                   "REASONING": ["I answered from memory without searching.", "a novel by Daphne du Maurier."],
+                   "ACTION": ["Finish[Daphne du Maurier]"],
+                   "OBSERVATION": ["Answer is INCORRECT"]},
+    },
+    {
+        "name": "codeact_smolagents",
+        "convention": "smolagents CodeAct: Thought:, a fenced code block ending with <end_code>, "
+                      "Observation:",
+        "format": "codeact",
+        "trajectory": "Task: How many days are in the year 2100?\n"
+                      "Thought: 2100 is divisible by 100 but not by 400, so it is not a leap year. I will check in code.\n"
+                      "Code:\n```py\nimport calendar\nprint(366 if calendar.isleap(2100) else 365)\n```<end_code>\n"
+                      "Observation: 365\nThought: Confirmed.\nCode:\n```py\nfinal_answer(365)\n```<end_code>\n",
+        "expect": {"PROMPT": ["How many days are in the year 2100?"],
+                   "REASONING": ["so it is not a leap year.", "Confirmed."],
+                   "ACTION": ["print(366 if calendar.isleap(2100) else 365)", "final_answer(365)"],
+                   "OBSERVATION": ["365"]},
+    },
+]
+
+
+def main():
+  path = pathlib.Path(__file__).with_name("conventions.jsonl")
+  with open(path, "w", encoding="utf-8") as f:
+    for rec in RECORDS:
+      f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+  print(f"wrote {len(RECORDS)} records to {path}")
+
+
+if __name__ == "__main__":
+  main()
