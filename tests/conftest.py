@@ -45,6 +45,12 @@ def load_trajectory_fixtures() -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def conventions_path() -> pathlib.Path:
+  """`tests/data/trajectories/conventions.jsonl`: one record per agent-data convention."""
+  return DATA / "trajectories" / "conventions.jsonl"
+
+
+@pytest.fixture(scope="session")
 def trajectory_fixtures() -> list[dict]:
   """The in-repository trajectory fixtures, one dict per record."""
   return load_trajectory_fixtures()

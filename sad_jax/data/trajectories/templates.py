@@ -30,7 +30,7 @@ from sad_jax.data.trajectories.segmented import Recovery, Segmented, TrajectoryE
 _SENTINEL_BASE = 0x10FFF0
 _CLOSE = chr(0x10FFFF)
 _SENTINELS = re.compile("[\U0010FFF0-\U0010FFFF]")
-_TAGS = re.compile(r"^(<think>|<tool_call>|<tool_response>)?(.*?)(</think>|</tool_call>|</tool_response>)?$",
+_TAGS = re.compile(r"^(<think>|<tool_call>|<tool_response>)?(.*?)(</think>|</tool_call>|</tool_response>)?\Z",
                    re.DOTALL)
 
 
