@@ -131,17 +131,19 @@ def conversation(trajectory, schema: str, rec: Recovery) -> schemas.Conversation
   return conv
 
 
+def _kind(spec, m: Message, state: dict, body: str) -> str:
+  """The message's kind in context (system messages never become observations)."""
+  kind = m.kind if m.role == "system" else spec_lib.next_kind(spec, m.kind, m.content, state)
+  if kind == "agent":
+    state["reply"] = spec_lib.expects_reply(spec, body, 0, len(body))
+  return kind
+
+
 def resolve_kinds(msgs: list[Message]) -> list[str]:
-  """Message kinds, with later user messages that read like environment replies as observations."""
+  """Message kinds, with later user messages that are environment replies as observations."""
   spec = formats.builtin("chatml")
-  out, seen_agent = [], False
-  for m in msgs:
-    kind = m.kind
-    if kind == "prompt" and m.role != "system" and seen_agent and spec_lib.observation_turn(spec, m.content):
-      kind = "observation"
-    seen_agent = seen_agent or kind == "agent"
-    out.append(kind)
-  return out
+  state: dict = {}
+  return [_kind(spec, m, state, m.content) for m in msgs]
 
 
 def tools_section(tools) -> str:
@@ -178,13 +180,10 @@ def render_builtin(trajectory, strict: bool = True, schema: str = "chat") -> Seg
     emit("<|im_end|>\n")
   else:
     regions = []
-  seen_agent = False
+  state: dict = {}
   for i, raw in enumerate(conv.messages):
     m = normalize_message(i, raw, rec, length, conv.kinds[i])
-    kind = m.kind
-    if kind == "prompt" and m.role != "system" and seen_agent and spec_lib.observation_turn(spec, m.content):
-      kind = "observation"
-    seen_agent = seen_agent or kind == "agent"
+    kind = _kind(spec, m, state, m.content)
     nxt = conv.messages[i + 1] if i + 1 < len(conv.messages) else None
     if m.role == "tool":
       if i == 0 or conv.messages[i - 1].get("role") != "tool":

@@ -1,7 +1,7 @@
 """The built-in text formats, each a :class:`~sad_jax.data.trajectories.spec.FormatSpec` dict.
 
 =============  ==================================================================
-``react``      ReAct text: ``Question:`` / ``Thought n:`` / ``Action n:`` /
+``react``      ReAct text: ``Question:`` / ``Thought n:`` / ``Action n:`` (``Act``) /
                ``Observation n:`` lines (HotpotQA, FEVER), WebShop
                (``Instruction:``, ``Action: think[...]`` is reasoning), LangChain
                markers (``Action Input:``, ``Final Answer:``), Reflexion
@@ -20,8 +20,13 @@
                ``<｜tool▁calls▁begin｜>`` (action) and ``<｜tool▁outputs▁begin｜>``
                (observation) blocks.
 ``plain``      ``USER:`` / ``ASSISTANT:`` (Vicuna, also mid-line after ``</s>``),
-               ``Human:`` / ``Assistant:`` turns; a preamble before the first turn
-               is the prompt.
+               ``Human:`` / ``Assistant:``, ``### Instruction:`` / ``### Response:``
+               turns; a preamble before the first turn is the prompt.
+``mistral``    ``[INST] ... [/INST] answer</s>`` (Llama 2, Mistral; ``<<SYS>>``,
+               ``[TOOL_CALLS]`` actions, ``[TOOL_RESULTS]`` observations).
+``gemma``      ``<start_of_turn>user|model\n ... <end_of_turn>`` turns.
+``zephyr``     ``<|user|>`` / ``<|assistant|>`` / ``<|system|>`` turns ending with
+               ``</s>`` (Zephyr) or ``<|end|>`` (Phi-3).
 ``langchain``  AgentExecutor verbose logs: ``> Entering new ... chain...`` then an
                unlabelled first thought, ``Action:`` / ``Action Input:`` /
                ``Observation:`` / ``Thought:`` / ``Final Answer:``, ANSI colour
@@ -56,8 +61,13 @@ HARNESS = (
     r"[ \t]*[=\-*#~_]{4,}[ \t]*\r?$",                                # ----------
     r"[ \t]*[=\-*#~]{3,}[ \t]*(?:Trial|Episode|Run|Task|Step|Round|Iteration|Instance|Example)\b",
     r"[ \t]*(?:Correct|Gold|Ground[ _-]?truth|Expected|Reference|True|Target)[ _]answer[ \t]*(?:is[ \t]*)?[:=]",
+    r"[ \t]*(?:Gold|Ground[ _-]?truth|Label|Gold label|Reference)[ \t]*[:=]",
     r"[ \t]*(?:Reward|Score|Success|Accuracy|Final reward|Total reward|Final score|Is correct|"
-    r"STATUS|EM|F1)[ \t]*[:=][ \t]*\S",
+    r"STATUS|EM|F1|Success rate|Pass rate|Avg(?:erage)? reward|Episode reward|Done)[ \t]*[:=][ \t]*\S",
+    r"[ \t]*[━─═]{3,}",                                              # box-drawing step banners
+    r"[ \t]*\[Step \d+: Duration\b",                                # smolagents step footers
+    r"[ \t]*(?:Max(?:imum)? (?:steps|turns|iterations) (?:reached|exceeded)|"
+    r"Episode (?:finished|done|ended|terminated))\b",
     r"[ \t]*\{[ \t]*['\"](?:reward|score|success|done|correct|is_correct|accuracy|em|f1|won)"
     r"['\"][ \t]*:[^\n]*\}[ \t]*\r?$",                               # result dicts
     r"[ \t]*\[(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)\][ \t]",
@@ -68,6 +78,8 @@ HARNESS = (
 )
 
 _N = r"(?:[ \t]+\d+)?[ \t]*:"
+# The line after which a prompt's few-shot examples are over and the real task starts.
+_EXAMPLES_END = r"(?i:here is the (?:task|question)|now,? (?:it's your turn|here is the task)|your turn)\b[^\n]*$"
 _NOT_PROMPT = ["reasoning", "action", "observation"]
 _FENCE = {"open": r"[ \t]*```[\w+.-]*[ \t\r]*(?:\n|\Z)", "regex": True, "line": True,
           "close": r"^[ \t]*```[^\n]*\n?", "type": "action", "name": "code block"}
@@ -79,14 +91,19 @@ AGENT_TAGS = (
     {"open": "<thought>", "close": "</thought>", "type": "reasoning"},
     {"open": "<tool_call>", "close": "</tool_call>", "type": "action", "validate": "tool_call_json"},
     {"open": "<execute>", "close": "</execute>", "type": "action"},
-    {"open": "<solution>", "close": "</solution>", "type": "action"},
+    {"open": "<solution>", "close": "</solution>", "type": "action", "final": True},
     {"open": r"<execute_(?:bash|ipython|browse)>", "close": r"</execute_(?:bash|ipython|browse)>",
      "regex": True, "type": "action", "name": "<execute_...>"},
-    {"open": "<finish>", "close": "</finish>", "type": "action"},
+    {"open": "<finish>", "close": "</finish>", "type": "action", "final": True},
     {"open": r"<function=[^>\n]*>", "close": "</function>", "regex": True, "type": "action",
      "name": "<function=...>"},
     {"open": "<|python_tag|>", "close": None, "type": "action"},
     {"open": "<｜tool▁calls▁begin｜>", "close": "<｜tool▁calls▁end｜>", "type": "action"},
+    {"open": "<function_calls>", "close": "</function_calls>", "type": "action"},
+    {"open": "<function_results>", "close": "</function_results>", "type": "observation"},
+    {"open": r"\[TOOL_CALLS\]", "close": r"</s>|\[/TOOL_CALLS\]|(?=\[TOOL_RESULTS\])", "regex": True,
+     "type": "action", "name": "[TOOL_CALLS]"},
+    {"open": "[TOOL_RESULTS]", "close": "[/TOOL_RESULTS]", "type": "observation"},
     {"open": "<｜tool▁outputs▁begin｜>", "close": "<｜tool▁outputs▁end｜>", "type": "observation"},
     {"open": "<｜tool▁output▁begin｜>", "close": "<｜tool▁output▁end｜>", "type": "observation"},
     {"open": "<tool_response>", "close": "</tool_response>", "type": "observation"},
@@ -97,14 +114,17 @@ AGENT_TAGS = (
 AGENT_MARKERS = (
     {"match": r"(?i:thoughts?)" + _N, "type": "reasoning"},
     {"match": r"(?i:reflection|new plan)[ \t]*:", "type": "reasoning"},
-    {"match": r">?[ \t]*think[ \t]*:", "type": "reasoning"},
-    {"match": r"(?i:action)" + _N + r"(?=[ \t]*(?i:think)\[)", "type": "reasoning"},
-    {"match": r"(?i:action input|action|final answer)" + _N, "type": "action"},
-    {"match": r"(?i:observation)" + _N, "type": "observation"},
+    {"match": r">?[ \t]*(?i:think)[ \t]*:", "type": "reasoning"},
+    {"match": r"(?i:action|act)" + _N + r"(?=[ \t]*(?i:think)\[)", "type": "reasoning"},
+    {"match": r"(?i:final answer)" + _N, "type": "action", "final": True},
+    {"match": r"(?i:action|act)" + _N + r"(?=[ \t]*(?i:finish|answer|submit)\b)", "type": "action",
+     "final": True},
+    {"match": r"(?i:action input|action|act)" + _N, "type": "action"},
+    {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
     {"match": "✿THOUGHT✿", "type": "reasoning"},
     {"match": "✿(?:FUNCTION|ARGS)✿", "type": "action"},
     {"match": "✿RESULT✿", "type": "observation"},
-    {"match": "✿RETURN✿", "type": "action"},
+    {"match": "✿RETURN✿", "type": "action", "final": True},
 )
 
 #: A user turn after the first agent turn that starts like this is the environment's reply.
@@ -112,7 +132,8 @@ OBSERVATION_TURNS = (
     r"(?i:observation|obs)" + _N,
     r"(?i:observation)[ \t]*\n",
     r"(?i:execution (?:output|result)|tool (?:output|result|response)|function (?:output|result)|"
-    r"output|result|environment|env)[ \t]*:",
+    r"output|result|environment|env|stdout|stderr)[ \t]*:",
+    r"EXECUTION RESULT of \[",
     r"Out\[\d+\]:",
     r"(?i:expert feedback)[ \t]*:",
     r"\[(?:File|Command|Python Interpreter|Jupyter|Code executed|Error)\b",
@@ -142,36 +163,39 @@ SPECS = {
         "start": "prompt",
         "markers": [
             {"match": r"(?:Reflection|New plan)[ \t]*:", "type": "reasoning", "within": _NOT_PROMPT},
-            {"match": r"Action" + _N + r"(?=\s*(?i:think)\[)", "type": "reasoning"},
-            {"match": r"(?:Question|Instruction|Task)" + _N, "type": "prompt"},
-            {"match": r"Thought" + _N, "type": "reasoning"},
-            {"match": r"(?:Action Input|Final Answer)" + _N, "type": "action"},
-            {"match": r"Action" + _N, "type": "action", "nonempty": "empty action"},
-            {"match": r"Observation" + _N, "type": "observation"},
+            {"match": r"(?i:action|act)" + _N + r"(?=\s*(?i:think)\[)", "type": "reasoning"},
+            {"match": r"(?:Question|Instruction|Task|Claim)" + _N, "type": "prompt"},
+            {"match": r"(?i:thought)" + _N, "type": "reasoning"},
+            {"match": r"(?i:action input|final answer)" + _N, "type": "action"},
+            {"match": r"(?i:action|act)" + _N, "type": "action", "nonempty": "empty action"},
+            {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
         ],
+        "examples_end": [_EXAMPLES_END],
         "require_agent": "no 'Thought:' or 'Action:' line found in ReAct text",
     },
     "alfworld": {
         "name": "alfworld", "description": "ALFWorld '> command' lines",
         "start": "prompt",
         "markers": [
-            {"match": r">[ \t]*think[ \t]*:", "type": "reasoning", "scope": "line",
+            {"match": r">[ \t]*(?i:think)[ \t]*:", "type": "reasoning", "scope": "line",
              "next": "observation", "nonempty": "empty thought"},
             {"match": r">", "type": "action", "scope": "line", "next": "observation",
              "nonempty": "empty command"},
             {"match": r"(?:New plan|Reflection)[ \t]*:", "type": "reasoning", "scope": "line",
              "next": "prompt", "within": _NOT_PROMPT},
         ],
+        "examples_end": [_EXAMPLES_END],
         "require_agent": "no '> command' line found in ALFWorld text",
     },
     "codeact": {
         "name": "codeact", "description": "smolagents Thought/Code/Observation",
         "start": "prompt",
         "markers": [
-            {"match": r"(?:Task|Question)[ \t]*:", "type": "prompt"},
+            {"match": r"(?:Task|Question|New task)[ \t]*:", "type": "prompt"},
             {"match": r"Thought[ \t]*:", "type": "reasoning"},
             {"match": r"(?:Code|Final [Aa]nswer)[ \t]*:", "type": "action"},
-            {"match": r"Observation[ \t]*:", "type": "observation"},
+            {"match": r"(?:Observation|Execution logs|Out|Last output from code snippet)[ \t]*:",
+             "type": "observation"},
         ],
         "tags": [
             {**_FENCE, "open": r"[ \t]*```(?:py|python)?[ \t\r]*(?:\n|\Z)",
@@ -193,13 +217,31 @@ SPECS = {
         "header": "<｜(?P<role>User|Assistant)｜>", "preamble": "prompt",
         "roles": {"User": "prompt", "Assistant": "agent"}},
         other=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
-    "plain": _turn_layout("plain", "USER:/ASSISTANT: or Human:/Assistant: turns", {
+    "plain": _turn_layout("plain", "USER:/ASSISTANT:, Human:/Assistant:, ### Instruction:/### Response:", {
         "header": (r"(?:(?<![^\n])|(?<=</s>)|(?<=[ \t])(?=[A-Z]{4,9}:))"
-                   r"(?P<role>USER|ASSISTANT|SYSTEM|Human|Assistant|User|System)[ \t]*:[ \t]?"),
+                   r"(?P<role>USER|ASSISTANT|SYSTEM|Human|Assistant|User|System|"
+                   r"###[ \t]*(?:Instruction|Input|Response|Human|Assistant))[ \t]*:[ \t]?"),
         "preamble": "prompt",
         "roles": {"USER": "prompt", "User": "prompt", "Human": "prompt", "SYSTEM": "prompt",
-                  "System": "prompt", "ASSISTANT": "agent", "Assistant": "agent"}},
+                  "System": "prompt", "ASSISTANT": "agent", "Assistant": "agent",
+                  **{f"###{sp}{r}": k for sp in ("", " ") for r, k in (
+                      ("Instruction", "prompt"), ("Input", "prompt"), ("Human", "prompt"),
+                      ("Response", "agent"), ("Assistant", "agent"))}}},
         other=[r"</s>", r"<s>"]),
+    "mistral": _turn_layout("mistral", "Llama 2 / Mistral [INST] ... [/INST] turns", {
+        "header": r"(?P<role>\[INST\]|\[/INST\])[ \t]?",
+        "preamble": "prompt",
+        "roles": {"[INST]": "prompt", "[/INST]": "agent"}},
+        other=[r"<s>", r"</s>", r"\[/?(?:SYSTEM_PROMPT|AVAILABLE_TOOLS)\]", r"<<SYS>>\n?", r"\n?<</SYS>>\n*"]),
+    "gemma": _turn_layout("gemma", "Gemma <start_of_turn>role ... <end_of_turn> turns", {
+        "header": r"<start_of_turn>(?P<role>[^\n<]*)\n", "end": ["<end_of_turn>"],
+        "roles": {"user": "prompt", "system": "prompt", "model": "agent", "assistant": "agent",
+                  "tool": "observation"}},
+        other=[r"<bos>", r"<eos>"]),
+    "zephyr": _turn_layout("zephyr", "Zephyr / Phi-3 <|user|> ... </s> or <|end|> turns", {
+        "header": r"<\|(?P<role>system|user|assistant|tool)\|>\n?", "end": ["<|end|>", "</s>"],
+        "roles": {"system": "prompt", "user": "prompt", "assistant": "agent", "tool": "observation"}},
+        other=[r"<s>", r"<\|endoftext\|>"]),
     "langchain": {
         "name": "langchain", "description": "LangChain AgentExecutor verbose logs",
         "start": "prompt",
@@ -249,7 +291,8 @@ def detect_text(text: str) -> str | None:
   """The built-in text format of ``text``, or None; rules in order, first match wins.
 
   ``<|im_start|>`` -> chatml; ``<|start_header_id|>`` -> llama3; ``<｜User｜>`` or
-  ``<｜Assistant｜>`` -> deepseek; a LangChain chain banner -> langchain; an
+  ``<｜Assistant｜>`` -> deepseek; ``<start_of_turn>`` -> gemma; ``<|assistant|>`` or
+  ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; a LangChain chain banner -> langchain; an
   ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
   line with a code fence or ``<end_code>`` -> codeact; a ``Thought[ n]:`` /
   ``Action[ n]:`` line -> react; a line starting with ``>`` -> alfworld;
@@ -261,6 +304,12 @@ def detect_text(text: str) -> str | None:
     return "llama3"
   if "<｜User｜>" in text or "<｜Assistant｜>" in text:
     return "deepseek"
+  if "<start_of_turn>" in text:
+    return "gemma"
+  if "<|assistant|>" in text or "<|user|>" in text:
+    return "zephyr"
+  if "[/INST]" in text:
+    return "mistral"
   if _LANGCHAIN.search(text):
     return "langchain"
   if _has_agent_turn("plain", text):

@@ -70,7 +70,8 @@ TYPE_NAMES = {"prompt": SpanType.PROMPT, "reasoning": SpanType.REASONING,
 KINDS = ("prompt", "agent", "observation", "other")
 _KIND_TYPE = {"prompt": SpanType.PROMPT, "agent": AGENT, "observation": SpanType.OBSERVATION,
               "other": SpanType.OTHER}
-_LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "harness", "other")
+_LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "harness", "other",
+                "examples_end")
 _FIELDS = ("name", "description", "extends", "start", "turns", "default_harness",
            "require_agent", *_LIST_FIELDS)
 _STEP_BREAK = (SpanType.PROMPT, SpanType.OBSERVATION, SpanType.OTHER)
@@ -112,11 +113,12 @@ class Tag:
   implicit_open: bool = False
   validate: str | None = None
   acting: bool = False
+  final: bool = False
 
   @classmethod
   def from_dict(cls, d, where: str) -> Tag:
     d = _keys(d, ("open", "close", "type", "regex", "name", "line", "within", "after",
-                  "implicit_open", "validate", "acting"), where)
+                  "implicit_open", "validate", "acting", "final"), where)
     if "open" not in d or "type" not in d:
       raise ValueError(f"{where} needs 'open' and 'type', got keys {sorted(d)}")
     literal = not d.get("regex", False)
@@ -137,7 +139,8 @@ class Tag:
     after = d.get("after")
     return cls(open_, close, _type(d["type"], f"{where}.type"), str(d.get("name", d["open"])),
                within, None if after is None else _type(after, f"{where}.after"),
-               bool(d.get("implicit_open", False)), d.get("validate"), bool(d.get("acting", False)))
+               bool(d.get("implicit_open", False)), d.get("validate"), bool(d.get("acting", False)),
+               bool(d.get("final", False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +152,11 @@ class Marker:
   next: int | None = None
   nonempty: str | None = None
   within: frozenset | None = None
+  final: bool = False
 
   @classmethod
   def from_dict(cls, d, where: str) -> Marker:
-    d = _keys(d, ("match", "type", "scope", "next", "nonempty", "within"), where)
+    d = _keys(d, ("match", "type", "scope", "next", "nonempty", "within", "final"), where)
     if "match" not in d or "type" not in d:
       raise ValueError(f"{where} needs 'match' and 'type', got keys {sorted(d)}")
     scope = d.get("scope", "block")
@@ -163,7 +167,8 @@ class Marker:
       within = frozenset(_type(w, f"{where}.within[{i}]") for i, w in enumerate(within))
     nxt = d.get("next")
     return cls(_regex(d["match"], f"{where}.match"), _type(d["type"], f"{where}.type"), scope,
-               None if nxt is None else _type(nxt, f"{where}.next"), d.get("nonempty"), within)
+               None if nxt is None else _type(nxt, f"{where}.next"), d.get("nonempty"), within,
+               bool(d.get("final", False)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +219,9 @@ class FormatSpec:
     harness: whole-line patterns that are ``OTHER``.
     other: inline ``OTHER`` pattern (None: none).
     require_agent: the error when no reasoning or action span is found.
+    examples_end: layouts without turns: line patterns that end the few-shot
+      examples of a prompt (``Here is the task.``); everything up to the end of
+      the last matching line is ``PROMPT``.
     source: the dict the spec was built from (``extends`` merges these).
   """
   name: str
@@ -227,6 +235,7 @@ class FormatSpec:
   harness: tuple[re.Pattern, ...]
   other: re.Pattern | None
   require_agent: str
+  examples_end: tuple[re.Pattern, ...] = ()
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
   @classmethod
@@ -269,6 +278,7 @@ class FormatSpec:
         harness=tuple(_regex(p, f"harness[{i}]") for i, p in enumerate(harness)),
         other=re.compile("|".join(f"(?:{p})" for p in other), re.MULTILINE) if other else None,
         require_agent=str(d.get("require_agent") or "no reasoning or action span found"),
+        examples_end=tuple(_regex(p, f"examples_end[{i}]") for i, p in enumerate(lists["examples_end"])),
         source=dict(d))
 
 
@@ -338,6 +348,13 @@ class _TagSearch:
     return best
 
 
+def _note(info: dict, rule) -> None:
+  if rule.type == SpanType.ACTION:
+    info["reply"] = not rule.final
+  elif rule.type == SpanType.OBSERVATION:
+    info["reply"] = False
+
+
 def _check_tool_call(text: str, start: int, end: int, rec: Recovery) -> None:
   inner = text[start:max(start, end)]
   try:
@@ -390,7 +407,8 @@ def _resolve(pieces: list, free_type: int) -> list:
 
 
 def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Recovery, *,
-         agent: bool, acting: bool = True, free_type: int = SpanType.ACTION) -> list:
+         agent: bool, acting: bool = True, free_type: int = SpanType.ACTION,
+         info: dict | None = None) -> list:
   """Typed pieces ``[start, end, type]`` of the region ``text[start:end]``.
 
   Args:
@@ -402,7 +420,11 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
     agent: markers and agent tags apply (else only ``prompt_tags``).
     acting: the region is followed by an observation (enables ``acting`` tags).
     free_type: what agent text with no action after it becomes.
+    info: if given, ``info["reply"]`` is set to whether the last explicit action
+      (an action marker or tag) is one the environment answers (not ``final``,
+      and no observation written after it in the region).
   """
+  info = {} if info is None else info
   pieces: list = []
   tags = spec.tags if agent else spec.prompt_tags
   search = _TagSearch(text, end, tags, acting)
@@ -434,6 +456,7 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
           continue
         if marker.nonempty and not text[m.end():line_end].strip():
           rec.fail(marker.nonempty, pos)
+        _note(info, marker)
         if marker.scope == "line":
           _add(pieces, text, pos, line_end, marker.type)
           current = current if marker.next is None else marker.next
@@ -464,6 +487,7 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
         block_end = close_start = end
       else:
         block_end, close_start = close.end(), close.start()
+    _note(info, tag)
     if tag.validate == "tool_call_json":
       _check_tool_call(text, m.end(), close_start, rec)
     pieces.append([m.start(), block_end, tag.type])
@@ -478,15 +502,34 @@ def observation_turn(spec: FormatSpec, content: str) -> bool:
   return any(p.match(body) for p in spec.observation_turns)
 
 
-def region_kinds(spec: FormatSpec, kinds: Sequence[str], contents: Sequence[str]) -> list[str]:
-  """Turn kinds after applying ``observation_turns`` to prompt turns after the first agent turn."""
-  out, seen_agent = [], False
-  for kind, content in zip(kinds, contents):
-    if kind == "prompt" and seen_agent and observation_turn(spec, content):
-      kind = "observation"
-    seen_agent = seen_agent or kind == "agent"
-    out.append(kind)
-  return out
+def expects_reply(spec: FormatSpec, text: str, start: int, end: int) -> bool:
+  """Whether an agent turn ends with an explicit action the environment answers.
+
+  True when its last action marker or tag (``Action: search[...]``, a tool
+  call, ``<execute>``) is not ``final`` (``Final Answer:``, ``finish[...]``,
+  ``<solution>``) and no observation follows it inside the turn: the next
+  prompt-role turn is then the environment's reply.
+  """
+  info: dict = {}
+  scan(spec, text, start, end, AGENT, Recovery(text, False), agent=True, acting=False, info=info)
+  return bool(info.get("reply", False))
+
+
+def next_kind(spec: FormatSpec, kind: str, content: str, state: dict) -> str:
+  """The kind of the next turn, given the turns before it (``state`` carries what was seen).
+
+  A prompt-role turn after the first agent turn is an observation when it
+  starts like one (``observation_turns``) or when the agent turn before it
+  expects a reply (:func:`expects_reply`, recorded by the caller in
+  ``state["reply"]``).
+  """
+  if kind == "prompt" and state.get("seen_agent") and (
+      state.get("reply") or observation_turn(spec, content)):
+    kind = "observation"
+  state["seen_agent"] = state.get("seen_agent", False) or kind == "agent"
+  if kind != "agent":
+    state["reply"] = False
+  return kind
 
 
 def label_region(spec: FormatSpec, text: str, start: int, end: int, kind: str, rec: Recovery,
@@ -534,7 +577,9 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
   rec = Recovery(text, strict)
   if spec.turns is None:
     base = spec.start
-    pieces = _task_before_first_act(scan(spec, text, 0, len(text), base, rec, agent=True))
+    begin = _examples_end(spec, text)
+    pieces = [[0, begin, SpanType.PROMPT]] if begin else []
+    pieces += _task_before_first_act(scan(spec, text, begin, len(text), base, rec, agent=True))
   else:
     pieces = _segment_turns(spec, text, rec)
   seg = build(text, pieces, spec.other, spec.name, rec.warnings)
@@ -542,6 +587,16 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
     rec.fail(spec.require_agent, 0)
     seg = dataclasses.replace(seg, warnings=tuple(rec.warnings))
   return seg
+
+
+def _examples_end(spec: FormatSpec, text: str) -> int:
+  """End of the line of the last ``examples_end`` match (0 when none)."""
+  end = 0
+  for pattern in spec.examples_end:
+    for m in pattern.finditer(text):
+      nl = text.find("\n", m.end())
+      end = max(end, len(text) if nl < 0 else nl + 1)
+  return end
 
 
 def _task_before_first_act(pieces: list) -> list:
@@ -600,7 +655,11 @@ def _segment_turns(spec: FormatSpec, text: str, rec: Recovery) -> list:
       rec.fail(f"unknown role {role!r} (known: {sorted(turns.roles)})", role_pos)
       kind = "other"
     kinds.append(kind)
-  kinds = region_kinds(spec, kinds, [text[s:e] for s, e, _, _ in regions])
+  state: dict = {}
+  for i, (start, end, _, _) in enumerate(regions):
+    kinds[i] = next_kind(spec, kinds[i], text[start:end], state)
+    if kinds[i] == "agent":
+      state["reply"] = expects_reply(spec, text, start, end)
   for i, (start, end, _, _) in enumerate(regions):
     acting = i + 1 < len(kinds) and kinds[i + 1] == "observation"
     pieces += label_region(spec, text, start, end, kinds[i], rec, acting)

@@ -501,6 +501,125 @@ RECORDS = [
                    "ACTION": ["print(366 if calendar.isleap(2100) else 365)", "final_answer(365)"],
                    "OBSERVATION": ["365"]},
     },
+    # ------------------------------------------------------------------ more layouts
+    {
+        "name": "mistral_inst_tool_calls",
+        "convention": "Mistral instruct template: <s>[INST] ... [/INST] answer</s>, "
+                      "[TOOL_CALLS] with the calls as JSON, [TOOL_RESULTS] ... [/TOOL_RESULTS]",
+        "format": "mistral",
+        "trajectory": "<s>[INST] Which is bigger, 2**100 or 10**30? [/INST][TOOL_CALLS] "
+                      "[{\"name\": \"python\", \"arguments\": {\"code\": \"print(2**100 > 10**30)\"}}]</s>"
+                      "[TOOL_RESULTS] {\"content\": \"True\"}[/TOOL_RESULTS] 2**100 is bigger than 10**30.</s>",
+        "expect": {"PROMPT": ["Which is bigger, 2**100 or 10**30?"],
+                   "ACTION": ["\"code\": \"print(2**100 > 10**30)\"", "2**100 is bigger than 10**30."],
+                   "OBSERVATION": ["{\"content\": \"True\"}"],
+                   "OTHER": ["[INST]", "[/INST]", "</s>"]},
+    },
+    {
+        "name": "llama2_inst_sys",
+        "convention": "Llama 2 chat template: <s>[INST] <<SYS>> system <</SYS>> user [/INST] answer </s>",
+        "format": "mistral",
+        "trajectory": "<s>[INST] <<SYS>>\nAnswer in one word.\n<</SYS>>\n\nWhat colour is the sky on a clear day? [/INST] "
+                      "Blue. </s><s>[INST] And at sunset? [/INST] Orange. </s>",
+        "expect": {"PROMPT": ["Answer in one word.", "What colour is the sky on a clear day?", "And at sunset?"],
+                   "ACTION": ["Blue.", "Orange."],
+                   "OTHER": ["<<SYS>>", "[/INST]"]},
+    },
+    {
+        "name": "gemma_turns",
+        "convention": "Gemma chat template: <bos><start_of_turn>user ... <end_of_turn>, model turns",
+        "format": "gemma",
+        "trajectory": "<bos><start_of_turn>user\nGive me a synonym of quick.<end_of_turn>\n"
+                      "<start_of_turn>model\n<think>Common synonyms: fast, rapid, swift.</think>Swift.<end_of_turn>\n",
+        "expect": {"PROMPT": ["Give me a synonym of quick."],
+                   "REASONING": ["Common synonyms: fast, rapid, swift."],
+                   "ACTION": ["Swift."],
+                   "OTHER": ["<start_of_turn>model", "<end_of_turn>", "<bos>"]},
+    },
+    {
+        "name": "zephyr_phi3_turns",
+        "convention": "Phi-3 chat template: <|system|> / <|user|> / <|assistant|> turns ending with <|end|>",
+        "format": "zephyr",
+        "trajectory": "<|system|>\nYou are terse.<|end|>\n<|user|>\nCapital of Peru?<|end|>\n"
+                      "<|assistant|>\nLima.<|end|>\n",
+        "expect": {"PROMPT": ["You are terse.", "Capital of Peru?"], "ACTION": ["Lima."],
+                   "OTHER": ["<|assistant|>", "<|end|>"]},
+    },
+    {
+        "name": "alpaca_instruction_response",
+        "convention": "Alpaca prompt: a preamble, ### Instruction:, ### Response:",
+        "format": "plain",
+        "trajectory": "Below is an instruction that describes a task. Write a response that completes it.\n\n"
+                      "### Instruction:\nList three prime numbers.\n\n### Response:\n2, 3 and 5.",
+        "expect": {"PROMPT": ["Below is an instruction that describes a task.", "List three prime numbers."],
+                   "ACTION": ["2, 3 and 5."], "OTHER": ["### Response:"]},
+    },
+    {
+        "name": "chat_react_environment_without_prefix",
+        "convention": "An agent-benchmark conversation in chat messages: the environment's replies "
+                      "are plain user messages after the agent's `ACTION:` (no `Observation:` prefix); "
+                      "after the final answer the user asks something new",
+        "format": "chat",
+        "trajectory": [
+            {"role": "user", "content": "You control a household robot. Answer with THOUGHT: and ACTION:.\n"
+                                        "Your task is to: find a mug."},
+            {"role": "assistant", "content": "THOUGHT: Mugs are usually in the cabinet.\nACTION: open cabinet 1"},
+            {"role": "user", "content": "You open the cabinet 1. In it, you see a mug 3."},
+            {"role": "assistant", "content": "THOUGHT: Found it.\nACTION: finish[mug 3 is in cabinet 1]"},
+            {"role": "user", "content": "Thanks. Now tell me which room you are in."},
+            {"role": "assistant", "content": "I am in the kitchen."},
+        ],
+        "expect": {"PROMPT": ["Your task is to: find a mug.", "Thanks. Now tell me which room you are in."],
+                   "REASONING": ["Mugs are usually in the cabinet.", "Found it."],
+                   "ACTION": ["open cabinet 1", "finish[mug 3 is in cabinet 1]", "I am in the kitchen."],
+                   "OBSERVATION": ["You open the cabinet 1. In it, you see a mug 3."]},
+    },
+    {
+        "name": "alfworld_few_shot_prompt",
+        "convention": "ReAct ALFWorld prompt log: a solved example, `Here is the task.`, then the "
+                      "real episode (the example is prompt, not the agent's work)",
+        "format": "alfworld",
+        "trajectory": "Interact with a household to solve a task. Here is an example.\n"
+                      "You are in the middle of a room. You see a table 1.\nYour task is to: look at a book.\n"
+                      "> think: The book should be on the table.\nOK.\n> go to table 1\nOn the table 1, you see a book 1.\n"
+                      "Here is the task.\nYou are in the middle of a room. You see a bed 1 and a desk 1.\n"
+                      "Your task is to: put a pillow on the desk.\n> think: Pillows are on beds.\nOK.\n"
+                      "> go to bed 1\nOn the bed 1, you see a pillow 1.\n",
+        "expect": {"PROMPT": ["> think: The book should be on the table.", "> go to table 1",
+                              "On the table 1, you see a book 1.", "put a pillow on the desk."],
+                   "REASONING": ["Pillows are on beds."],
+                   "ACTION": ["> go to bed 1"],
+                   "OBSERVATION": ["On the bed 1, you see a pillow 1."]},
+    },
+    {
+        "name": "smolagents_step_log",
+        "convention": "smolagents run log: box-drawing step banners, Thought: and <code>, "
+                      "`Execution logs:`, the step footer",
+        "format": "codeact",
+        "trajectory": "━━━━━━━━━━━━━━━━━━━━━━ Step 1 ━━━━━━━━━━━━━━━━━━━━━━\n"
+                      "Thought: I will compute the factorial directly.\n<code>\nimport math\nprint(math.factorial(6))\n</code>\n"
+                      "Execution logs:\n720\n"
+                      "[Step 1: Duration 0.84 seconds| Input tokens: 1,204 | Output tokens: 41]\n",
+        "expect": {"REASONING": ["I will compute the factorial directly."],
+                   "ACTION": ["print(math.factorial(6))"],
+                   "OBSERVATION": ["720"],
+                   "OTHER": ["[Step 1: Duration 0.84 seconds| Input tokens: 1,204 | Output tokens: 41]",
+                             "━━━━━━━━━━━━━━━━━━━━━━ Step 1 ━━━━━━━━━━━━━━━━━━━━━━"]},
+    },
+    {
+        "name": "anthropic_function_calls_text",
+        "convention": "A Claude-style text transcript: Human:/Assistant:, <function_calls> with "
+                      "<invoke>, and <function_results> written into the assistant turn",
+        "format": "plain",
+        "trajectory": "Human: How big is /data/log.txt?\n\nAssistant: I will check its size.\n<function_calls>\n"
+                      "<invoke name=\"stat\">\n<parameter name=\"path\">/data/log.txt</parameter>\n</invoke>\n"
+                      "</function_calls>\n<function_results>\n<result>\n<stdout>2048 bytes</stdout>\n</result>\n"
+                      "</function_results>\nThe file is 2048 bytes.\n",
+        "expect": {"PROMPT": ["How big is /data/log.txt?"],
+                   "REASONING": ["I will check its size."],
+                   "ACTION": ["<parameter name=\"path\">/data/log.txt</parameter>", "The file is 2048 bytes."],
+                   "OBSERVATION": ["<stdout>2048 bytes</stdout>"]},
+    },
 ]
 
 
