@@ -79,7 +79,7 @@ def _inspect(args, out, color: bool) -> None:
     summary = "  ".join(f"{name}={n}" for name, n in seg.coverage.items() if n)
     print(f"\n── {rec.id} (line {rec.line})  format={seg.format}  chars: {summary}", file=out)
     for warning in seg.warnings:
-      print(f"   recovered: {warning}", file=out)
+      print(f"   warning: {warning}", file=out)
     for issue in seg.issues(args.max_other):
       print(f"   flagged: {issue}", file=out)
     print(display.render_spans(seg, color), file=out)
