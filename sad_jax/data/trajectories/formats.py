@@ -21,12 +21,16 @@
                (observation) blocks.
 ``plain``      ``USER:`` / ``ASSISTANT:`` (Vicuna, also mid-line after ``</s>``),
                ``Human:`` / ``Assistant:``, ``### Instruction:`` / ``### Response:``
-               turns; a preamble before the first turn is the prompt.
+               turns, glaive's ``FUNCTION RESPONSE:`` (observation) and
+               ``<functioncall>``; a preamble before the first turn is the prompt.
 ``mistral``    ``[INST] ... [/INST] answer</s>`` (Llama 2, Mistral; ``<<SYS>>``,
                ``[TOOL_CALLS]`` actions, ``[TOOL_RESULTS]`` observations).
 ``gemma``      ``<start_of_turn>user|model\n ... <end_of_turn>`` turns.
 ``zephyr``     ``<|user|>`` / ``<|assistant|>`` / ``<|system|>`` turns ending with
                ``</s>`` (Zephyr) or ``<|end|>`` (Phi-3).
+``cohere``     ``<|START_OF_TURN_TOKEN|><|USER_TOKEN|> ... <|END_OF_TURN_TOKEN|>``
+               (Command-R), ``CHATBOT`` turns are the agent's.
+``granite``    ``<|start_of_role|>role<|end_of_role|> ... <|end_of_text|>``.
 ``langchain``  AgentExecutor verbose logs: ``> Entering new ... chain...`` then an
                unlabelled first thought, ``Action:`` / ``Action Input:`` /
                ``Observation:`` / ``Thought:`` / ``Final Answer:``, ANSI colour
@@ -108,7 +112,20 @@ AGENT_TAGS = (
     {"open": "<｜tool▁output▁begin｜>", "close": "<｜tool▁output▁end｜>", "type": "observation"},
     {"open": "<tool_response>", "close": "</tool_response>", "type": "observation"},
     {**_FENCE, "acting": True},
+    {"open": r"(?<![`\n])```(?=[^`\n]+```)", "close": "```", "regex": True, "type": "action",
+     "name": "inline code fence"},
+    {"open": "<functioncall>", "close": r"<\|endoftext\|>|(?=\n\n)|\Z", "regex": True, "type": "action",
+     "name": "<functioncall>"},
 )
+
+#: Keys of an agent turn that is one JSON object (AutoGPT, agent-zero, LangChain JSON agents).
+JSON_KEYS = {
+    "reasoning": ["thoughts", "thought", "reasoning", "plan", "criticism", "reflection", "observations",
+                  "analysis", "think", "rationale"],
+    "action": ["command", "action", "action_input", "tool", "tool_name", "tool_args", "tool_input",
+               "function", "name", "arguments", "parameters", "args", "code", "speak", "answer",
+               "final_answer", "response"],
+}
 
 #: Line markers inside agent turns.
 AGENT_MARKERS = (
@@ -150,7 +167,7 @@ def _turn_layout(name, description, turns, other=()):
           "markers": list(AGENT_MARKERS),
           "prompt_tags": [{"open": "<tool_response>", "close": "</tool_response>",
                            "type": "observation"}],
-          "observation_turns": list(OBSERVATION_TURNS), "other": list(other)}
+          "observation_turns": list(OBSERVATION_TURNS), "other": list(other), "json_keys": JSON_KEYS}
 
 
 _BOS = [r"<s>", r"</s>", r"<\|begin_of_text\|>", r"<\|endoftext\|>", "<｜begin▁of▁sentence｜>",
@@ -219,15 +236,16 @@ SPECS = {
         other=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
     "plain": _turn_layout("plain", "USER:/ASSISTANT:, Human:/Assistant:, ### Instruction:/### Response:", {
         "header": (r"(?:(?<![^\n])|(?<=</s>)|(?<=[ \t])(?=[A-Z]{4,9}:))"
-                   r"(?P<role>USER|ASSISTANT|SYSTEM|Human|Assistant|User|System|"
+                   r"(?P<role>USER|ASSISTANT|SYSTEM|FUNCTION RESPONSE|Human|Assistant|User|System|"
                    r"###[ \t]*(?:Instruction|Input|Response|Human|Assistant))[ \t]*:[ \t]?"),
         "preamble": "prompt",
         "roles": {"USER": "prompt", "User": "prompt", "Human": "prompt", "SYSTEM": "prompt",
                   "System": "prompt", "ASSISTANT": "agent", "Assistant": "agent",
+                  "FUNCTION RESPONSE": "observation",
                   **{f"###{sp}{r}": k for sp in ("", " ") for r, k in (
                       ("Instruction", "prompt"), ("Input", "prompt"), ("Human", "prompt"),
                       ("Response", "agent"), ("Assistant", "agent"))}}},
-        other=[r"</s>", r"<s>"]),
+        other=[r"</s>", r"<s>", r"<\|endoftext\|>"]),
     "mistral": _turn_layout("mistral", "Llama 2 / Mistral [INST] ... [/INST] turns", {
         "header": r"(?P<role>\[INST\]|\[/INST\])[ \t]?",
         "preamble": "prompt",
@@ -242,6 +260,15 @@ SPECS = {
         "header": r"<\|(?P<role>system|user|assistant|tool)\|>\n?", "end": ["<|end|>", "</s>"],
         "roles": {"system": "prompt", "user": "prompt", "assistant": "agent", "tool": "observation"}},
         other=[r"<s>", r"<\|endoftext\|>"]),
+    "cohere": _turn_layout("cohere", "Command-R <|START_OF_TURN_TOKEN|><|USER_TOKEN|> turns", {
+        "header": r"<\|START_OF_TURN_TOKEN\|><\|(?P<role>USER|CHATBOT|SYSTEM)_TOKEN\|>",
+        "end": ["<|END_OF_TURN_TOKEN|>"],
+        "roles": {"USER": "prompt", "SYSTEM": "prompt", "CHATBOT": "agent"}},
+        other=[r"<BOS_TOKEN>"]),
+    "granite": _turn_layout("granite", "Granite <|start_of_role|>role<|end_of_role|> turns", {
+        "header": r"<\|start_of_role\|>(?P<role>[^<\n]*)<\|end_of_role\|>", "end": ["<|end_of_text|>"],
+        "roles": {"system": "prompt", "user": "prompt", "assistant": "agent", "tool": "observation",
+                  "tool_response": "observation", "available_tools": "prompt"}}),
     "langchain": {
         "name": "langchain", "description": "LangChain AgentExecutor verbose logs",
         "start": "prompt",
@@ -260,7 +287,7 @@ SPECS = {
     "completion": {
         "name": "completion", "description": "a bare model output: <think>...</think> answer",
         "start": "agent", "tags": list(AGENT_TAGS), "markers": list(AGENT_MARKERS),
-        "other": _BOS,
+        "other": _BOS, "json_keys": JSON_KEYS,
     },
 }
 
@@ -291,7 +318,8 @@ def detect_text(text: str) -> str | None:
   """The built-in text format of ``text``, or None; rules in order, first match wins.
 
   ``<|im_start|>`` -> chatml; ``<|start_header_id|>`` -> llama3; ``<｜User｜>`` or
-  ``<｜Assistant｜>`` -> deepseek; ``<start_of_turn>`` -> gemma; ``<|assistant|>`` or
+  ``<｜Assistant｜>`` -> deepseek; ``<start_of_turn>`` -> gemma; ``<|START_OF_TURN_TOKEN|>``
+  -> cohere; ``<|start_of_role|>`` -> granite; ``<|assistant|>`` or
   ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; a LangChain chain banner -> langchain; an
   ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
   line with a code fence or ``<end_code>`` -> codeact; a ``Thought[ n]:`` /
@@ -306,6 +334,10 @@ def detect_text(text: str) -> str | None:
     return "deepseek"
   if "<start_of_turn>" in text:
     return "gemma"
+  if "<|START_OF_TURN_TOKEN|>" in text:
+    return "cohere"
+  if "<|start_of_role|>" in text:
+    return "granite"
   if "<|assistant|>" in text or "<|user|>" in text:
     return "zephyr"
   if "[/INST]" in text:

@@ -68,12 +68,10 @@ TYPE_NAMES = {"prompt": SpanType.PROMPT, "reasoning": SpanType.REASONING,
               "action": SpanType.ACTION, "observation": SpanType.OBSERVATION,
               "other": SpanType.OTHER, "agent": AGENT}
 KINDS = ("prompt", "agent", "observation", "other")
-_KIND_TYPE = {"prompt": SpanType.PROMPT, "agent": AGENT, "observation": SpanType.OBSERVATION,
-              "other": SpanType.OTHER}
 _LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "harness", "other",
                 "examples_end")
 _FIELDS = ("name", "description", "extends", "start", "turns", "default_harness",
-           "require_agent", *_LIST_FIELDS)
+           "require_agent", "json_keys", *_LIST_FIELDS)
 _STEP_BREAK = (SpanType.PROMPT, SpanType.OBSERVATION, SpanType.OTHER)
 
 
@@ -219,6 +217,9 @@ class FormatSpec:
     harness: whole-line patterns that are ``OTHER``.
     other: inline ``OTHER`` pattern (None: none).
     require_agent: the error when no reasoning or action span is found.
+    json_keys: ``{key: type}``: an agent turn that is one JSON object (AutoGPT's
+      ``{"thoughts": ..., "command": ...}``) has each top-level key and its value
+      typed by the key (other keys are agent text).
     examples_end: layouts without turns: line patterns that end the few-shot
       examples of a prompt (``Here is the task.``); everything up to the end of
       the last matching line is ``PROMPT``.
@@ -236,6 +237,7 @@ class FormatSpec:
   other: re.Pattern | None
   require_agent: str
   examples_end: tuple[re.Pattern, ...] = ()
+  json_keys: Mapping[str, int] = dataclasses.field(default_factory=dict)
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
   @classmethod
@@ -279,7 +281,18 @@ class FormatSpec:
         other=re.compile("|".join(f"(?:{p})" for p in other), re.MULTILINE) if other else None,
         require_agent=str(d.get("require_agent") or "no reasoning or action span found"),
         examples_end=tuple(_regex(p, f"examples_end[{i}]") for i, p in enumerate(lists["examples_end"])),
+        json_keys=_json_keys(d.get("json_keys") or {}),
         source=dict(d))
+
+
+def _json_keys(d) -> dict[str, int]:
+  d = _keys(d, [k for k in TYPE_NAMES if k != "agent"], "json_keys")
+  out = {}
+  for name, keys in d.items():
+    if isinstance(keys, str) or not isinstance(keys, Sequence):
+      raise ValueError(f"json_keys[{name!r}] must be a list of keys, got {keys!r}")
+    out.update({str(k): int(TYPE_NAMES[name]) for k in keys})
+  return out
 
 
 def load_spec(source: Any) -> FormatSpec:
@@ -353,6 +366,42 @@ def _note(info: dict, rule) -> None:
     info["reply"] = not rule.final
   elif rule.type == SpanType.OBSERVATION:
     info["reply"] = False
+
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"\s*")
+
+
+def _json_pieces(text: str, start: int, end: int, keys: Mapping[str, int], info: dict):
+  """Pieces of a region that is one JSON object with known keys, else None."""
+  chunk = text[start:end]
+  lo = start + len(chunk) - len(chunk.lstrip())
+  hi = start + len(chunk.rstrip())
+  if hi - lo < 2 or text[lo] != "{" or text[hi - 1] != "}":
+    return None
+  try:
+    obj = json.loads(text[lo:hi])
+  except json.JSONDecodeError:
+    return None
+  if not isinstance(obj, dict) or not any(k in keys for k in obj):
+    return None
+  pos = _WS.match(text, lo + 1).end()
+  pieces = [[start, pos, None]]
+  while text[pos] == '"':
+    key, after_key = _DECODER.raw_decode(text, pos)
+    value_start = _WS.match(text, _WS.match(text, after_key).end() + 1).end()
+    value, value_end = _DECODER.raw_decode(text, value_start)
+    typ = keys.get(key, AGENT)
+    pieces.append([pos, value_end, typ])
+    if typ == SpanType.ACTION:
+      info["reply"] = not (isinstance(value, str) and "final" in value.lower())
+    nxt = _WS.match(text, value_end).end()
+    if text[nxt] == ",":
+      nxt = _WS.match(text, nxt + 1).end()
+    pieces.append([value_end, nxt, None])
+    pos = nxt
+  pieces.append([pos, end, None])
+  return [p for p in pieces if p[1] > p[0]]
 
 
 def _check_tool_call(text: str, start: int, end: int, rec: Recovery) -> None:
@@ -430,6 +479,10 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
   search = _TagSearch(text, end, tags, acting)
   current = base
   pos = start
+  if agent and spec.json_keys:
+    as_json = _json_pieces(text, start, end, spec.json_keys, info)
+    if as_json is not None:
+      return _resolve(as_json, free_type)
   if agent:  # a close tag before any open: the template wrote the open tag (R1 / Qwen3 '</think>')
     for tag in tags:
       if tag.implicit_open:

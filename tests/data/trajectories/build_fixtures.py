@@ -620,6 +620,102 @@ RECORDS = [
                    "ACTION": ["<parameter name=\"path\">/data/log.txt</parameter>", "The file is 2048 bytes."],
                    "OBSERVATION": ["<stdout>2048 bytes</stdout>"]},
     },
+    {
+        "name": "webarena_inline_fence_action",
+        "convention": "WebArena-style agent turns: step-by-step prose ending with `In summary, the next "
+                      "action I will perform is ```click [id]````; `OBSERVATION:` accessibility trees",
+        "format": "chat",
+        "trajectory": [
+            {"role": "system", "content": "You are a web agent. Issue one action per turn inside triple backticks."},
+            {"role": "user", "content": "OBJECTIVE: open the orders page.\nOBSERVATION:\n[12] link 'Orders'\n[13] link 'Help'"},
+            {"role": "assistant", "content": "Let's think step-by-step. The page has a link called Orders with id 12. "
+                                             "In summary, the next action I will perform is ```click [12]```"},
+            {"role": "user", "content": "OBSERVATION:\n[40] heading 'Your orders'\n[41] table 'order list'"},
+            {"role": "assistant", "content": "The orders page is open, so the objective is met. "
+                                             "In summary, the next action I will perform is ```stop [done]```"},
+        ],
+        "expect": {"PROMPT": ["OBJECTIVE: open the orders page.", "[12] link 'Orders'"],
+                   "REASONING": ["The page has a link called Orders with id 12.",
+                                 "The orders page is open, so the objective is met."],
+                   "ACTION": ["```click [12]```", "```stop [done]```"],
+                   "OBSERVATION": ["[40] heading 'Your orders'"]},
+    },
+    {
+        "name": "autogpt_json_thoughts_command",
+        "convention": "AutoGPT-style agent replies: one JSON object with `thoughts` (text, reasoning, "
+                      "plan, criticism, speak) and `command` (name, args); the command result comes back "
+                      "as a `Command ... returned:` message",
+        "format": "chat",
+        "trajectory": [
+            {"role": "system", "content": "You are FileBot. Respond only in the JSON format described."},
+            {"role": "user", "content": "Determine which command to use next."},
+            {"role": "assistant", "content": json.dumps({
+                "thoughts": {"text": "I should read the todo file first.", "reasoning": "It lists the tasks.",
+                             "plan": "- read todo.txt\n- summarise it", "criticism": "Keep it short."},
+                "command": {"name": "read_file", "args": {"filename": "todo.txt"}}}, indent=2)},
+            {"role": "user", "content": "Command read_file returned: buy milk; call Ana"},
+        ],
+        "expect": {"PROMPT": ["Determine which command to use next."],
+                   "REASONING": ["I should read the todo file first.", "Keep it short."],
+                   "ACTION": ["\"name\": \"read_file\"", "\"filename\": \"todo.txt\""],
+                   "OBSERVATION": ["buy milk; call Ana"]},
+    },
+    {
+        "name": "langchain_json_agent_in_chat",
+        "convention": "LangChain JSON chat agent: the assistant replies with {\"action\", \"action_input\"}; "
+                      "the tool output comes back in the next user turn; a final `Final Answer` action",
+        "format": "chat",
+        "trajectory": [
+            {"role": "user", "content": "How many moons does Mars have?"},
+            {"role": "assistant", "content": "{\"action\": \"wiki_search\", \"action_input\": \"Mars moons\"}"},
+            {"role": "user", "content": "Mars has two moons, Phobos and Deimos."},
+            {"role": "assistant", "content": "{\"action\": \"Final Answer\", \"action_input\": \"Two: Phobos and Deimos.\"}"},
+        ],
+        "expect": {"PROMPT": ["How many moons does Mars have?"],
+                   "ACTION": ["\"action_input\": \"Mars moons\"", "Two: Phobos and Deimos."],
+                   "OBSERVATION": ["Mars has two moons, Phobos and Deimos."]},
+    },
+    {
+        "name": "glaive_function_calling_text",
+        "convention": "glaive function-calling text: SYSTEM:/USER:/ASSISTANT: turns, `<functioncall>` "
+                      "with the JSON call, `<|endoftext|>`, `FUNCTION RESPONSE:` turns",
+        "format": "plain",
+        "trajectory": "SYSTEM: You are a helpful assistant with access to the function convert_currency.\n\n\n"
+                      "USER: How much is 100 EUR in JPY?\n\n\n"
+                      "ASSISTANT: <functioncall> {\"name\": \"convert_currency\", \"arguments\": "
+                      "'{\"amount\": 100, \"from\": \"EUR\", \"to\": \"JPY\"}'} <|endoftext|>\n\n\n"
+                      "FUNCTION RESPONSE: {\"converted\": 16250}\n\n\n"
+                      "ASSISTANT: 100 EUR is about 16250 JPY. <|endoftext|>\n",
+        "expect": {"PROMPT": ["How much is 100 EUR in JPY?", "with access to the function convert_currency."],
+                   "ACTION": ["\"name\": \"convert_currency\"", "100 EUR is about 16250 JPY."],
+                   "OBSERVATION": ["{\"converted\": 16250}"],
+                   "OTHER": ["<|endoftext|>", "FUNCTION RESPONSE:"]},
+    },
+    {
+        "name": "cohere_command_r_turns",
+        "convention": "Command-R chat template: <BOS_TOKEN>, <|START_OF_TURN_TOKEN|><|USER_TOKEN|> / "
+                      "<|CHATBOT_TOKEN|> ... <|END_OF_TURN_TOKEN|>",
+        "format": "cohere",
+        "trajectory": "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|USER_TOKEN|>Translate 'thank you' to Dutch."
+                      "<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>Dank je wel."
+                      "<|END_OF_TURN_TOKEN|>",
+        "expect": {"PROMPT": ["Translate 'thank you' to Dutch."], "ACTION": ["Dank je wel."],
+                   "OTHER": ["<|CHATBOT_TOKEN|>", "<BOS_TOKEN>"]},
+    },
+    {
+        "name": "granite_roles",
+        "convention": "Granite chat template: <|start_of_role|>role<|end_of_role|> ... <|end_of_text|>, "
+                      "`tool_response` turns",
+        "format": "granite",
+        "trajectory": "<|start_of_role|>user<|end_of_role|>Is port 8080 open?<|end_of_text|>\n"
+                      "<|start_of_role|>assistant<|end_of_role|><tool_call>{\"name\": \"port_check\", "
+                      "\"arguments\": {\"port\": 8080}}</tool_call><|end_of_text|>\n"
+                      "<|start_of_role|>tool_response<|end_of_role|>{\"open\": false}<|end_of_text|>\n"
+                      "<|start_of_role|>assistant<|end_of_role|>No, port 8080 is closed.<|end_of_text|>\n",
+        "expect": {"PROMPT": ["Is port 8080 open?"],
+                   "ACTION": ["\"port\": 8080", "No, port 8080 is closed."],
+                   "OBSERVATION": ["{\"open\": false}"]},
+    },
 ]
 
 
