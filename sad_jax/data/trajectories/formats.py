@@ -82,6 +82,7 @@ HARNESS = (
 )
 
 _N = r"(?:[ \t]+\d+)?[ \t]*:"
+_ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal colour codes
 # The line after which a prompt's few-shot examples are over and the real task starts.
 _EXAMPLES_END = r"(?i:here is the (?:task|question)|now,? (?:it's your turn|here is the task)|your turn)\b[^\n]*$"
 _NOT_PROMPT = ["reasoning", "action", "observation"]
@@ -167,7 +168,7 @@ def _turn_layout(name, description, turns, other=()):
           "markers": list(AGENT_MARKERS),
           "prompt_tags": [{"open": "<tool_response>", "close": "</tool_response>",
                            "type": "observation"}],
-          "observation_turns": list(OBSERVATION_TURNS), "other": list(other), "json_keys": JSON_KEYS}
+          "observation_turns": list(OBSERVATION_TURNS), "other": [*other, _ANSI], "json_keys": JSON_KEYS}
 
 
 _BOS = [r"<s>", r"</s>", r"<\|begin_of_text\|>", r"<\|endoftext\|>", "<｜begin▁of▁sentence｜>",
@@ -187,7 +188,8 @@ SPECS = {
             {"match": r"(?i:action|act)" + _N, "type": "action", "nonempty": "empty action"},
             {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
         ],
-        "examples_end": [_EXAMPLES_END],
+        "examples_end": [_EXAMPLES_END], "last_task": r"^(?:Question|Claim)(?:[ \t]+\d+)?[ \t]*:",
+        "other": [_ANSI],
         "require_agent": "no 'Thought:' or 'Action:' line found in ReAct text",
     },
     "alfworld": {
@@ -201,7 +203,7 @@ SPECS = {
             {"match": r"(?:New plan|Reflection)[ \t]*:", "type": "reasoning", "scope": "line",
              "next": "prompt", "within": _NOT_PROMPT},
         ],
-        "examples_end": [_EXAMPLES_END],
+        "examples_end": [_EXAMPLES_END], "last_task": r"^Your task is to:", "other": [_ANSI],
         "require_agent": "no '> command' line found in ALFWorld text",
     },
     "codeact": {
@@ -221,6 +223,7 @@ SPECS = {
              "close": r"^[ \t]*</code>[^\n]*\n?", "type": "action", "name": "code block",
              "within": ["reasoning", "action"], "after": "action"},
         ],
+        "other": [_ANSI],
         "require_agent": "no 'Thought:' or code block found in CodeAct text",
     },
     "chatml": _turn_layout("chatml", "<|im_start|>role ... <|im_end|> turns", {
@@ -281,13 +284,13 @@ SPECS = {
             {"match": r"Invoking:", "type": "action", "scope": "line", "next": "observation"},
             {"match": r"Observation" + _N, "type": "observation"},
         ],
-        "other": [r"\x1b\[[0-9;]*[A-Za-z]"],
+        "other": [_ANSI],
         "require_agent": "no thought or action found in the LangChain log",
     },
     "completion": {
         "name": "completion", "description": "a bare model output: <think>...</think> answer",
         "start": "agent", "tags": list(AGENT_TAGS), "markers": list(AGENT_MARKERS),
-        "other": _BOS, "json_keys": JSON_KEYS,
+        "other": [*_BOS, _ANSI], "json_keys": JSON_KEYS,
     },
 }
 

@@ -24,6 +24,13 @@
                "observation"}]``, or ``{"trajectory": [...]}`` / ``{"history":
                [...]}``): each step is an assistant message (its response, else the
                thought then the action in a fence) and an observation.
+``openhands``  OpenHands event streams (``[{"source", "action", "args"} |
+               {"observation", "content"}]``): ``system`` and user ``message``
+               actions are the prompt; an agent action is an assistant message
+               (its ``thought`` as prose, the action and its arguments as a tool
+               call; ``message`` / ``finish`` as the answer, ``think`` as
+               reasoning); observations are tool output; state-change events
+               are dropped.
 =============  ==================================================================
 """
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 
 from sad_jax.data.trajectories.segmented import Recovery, TrajectoryError
 
-SCHEMAS = ("chat", "sharegpt", "turns", "swe-agent")
+SCHEMAS = ("chat", "sharegpt", "turns", "swe-agent", "openhands")
 
 ROLE_ALIASES = {
     "human": "user", "user": "user", "system": "system", "developer": "developer",
@@ -77,13 +84,16 @@ def detect_schema(trajectory: Any) -> str | None:
       return "turns" if inner and all(isinstance(t, str) for t in inner) else "sharegpt"
     if "messages" in trajectory:
       return "chat"
-    if isinstance(trajectory.get("trajectory"), list) or isinstance(trajectory.get("history"), list):
-      return "swe-agent"
+    for key in ("trajectory", "history"):
+      if isinstance(trajectory.get(key), list):
+        return "openhands" if detect_schema(trajectory[key]) == "openhands" else "swe-agent"
     return None
   if isinstance(trajectory, (list, tuple)) and trajectory:
     if all(isinstance(t, str) for t in trajectory):
       return "turns"
     first = next((t for t in trajectory if isinstance(t, Mapping)), None)
+    if first is not None and "source" in first and ("action" in first or "observation" in first):
+      return "openhands"
     if first is not None and "from" in first and "role" not in first:
       return "sharegpt"
     if first is not None and "observation" in first and "role" not in first and "from" not in first:
@@ -248,6 +258,48 @@ def _steps(steps: Sequence, rec: Recovery) -> tuple[list, list]:
   return messages, kinds
 
 
+_SKIP_EVENTS = ("change_agent_state", "agent_state_changed", "recall", "null", "condensation")
+_BOOKKEEPING = ("thought", "is_input", "blocking", "hidden", "confirmation_state", "security_risk",
+                "is_confirmed", "kernel_init_code", "include_extra", "wait_for_response", "image_urls",
+                "impl_source", "translated_ipython_code")
+
+
+def _events(events: Sequence, rec: Recovery) -> tuple[list, list]:
+  messages, kinds = [], []
+  for i, ev in enumerate(events):
+    if not isinstance(ev, Mapping):
+      raise TrajectoryError(f"events[{i}] must be an object, got {type(ev).__name__}", 0)
+    if "observation" in ev:
+      if ev["observation"] in _SKIP_EVENTS:
+        continue
+      content = ev.get("content", ev.get("message", ""))
+      messages.append({"role": "tool", "content": content if isinstance(content, str) else json.dumps(content)})
+      kinds.append(None)
+      continue
+    action, args = ev.get("action"), ev.get("args") if isinstance(ev.get("args"), Mapping) else {}
+    if action in _SKIP_EVENTS or action is None:
+      continue
+    text = args.get("content") or args.get("final_thought") or ""
+    thought = args.get("thought") or ""
+    if not isinstance(text, str) or not isinstance(thought, str):
+      rec.fail(f"events[{i}].args content/thought must be strings", 0)
+      text, thought = str(text), str(thought)
+    if action == "system" or ev.get("source") == "user":
+      messages.append({"role": "system" if action == "system" else "user", "content": text})
+    elif action == "think":
+      messages.append({"role": "assistant", "content": "", "reasoning_content": thought})
+    elif action in ("message", "finish"):
+      messages.append({"role": "assistant", "content": text or thought,
+                       **({"reasoning_content": thought} if text and thought else {})})
+    else:
+      arguments = {k: v for k, v in args.items() if k not in _BOOKKEEPING}
+      messages.append({"role": "assistant", "content": thought,
+                       "tool_calls": [{"type": "function", "function": {"name": str(action),
+                                                                        "arguments": arguments}}]})
+    kinds.append(None)
+  return messages, kinds
+
+
 def normalize(trajectory: Any, schema: str, rec: Recovery) -> Conversation:
   """``trajectory`` in ``schema`` (one of :data:`SCHEMAS`) as a :class:`Conversation`."""
   tools = None
@@ -257,6 +309,15 @@ def normalize(trajectory: Any, schema: str, rec: Recovery) -> Conversation:
       raise TrajectoryError("a 'turns' trajectory must be a non-empty list of strings", 0)
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
     kinds = ["observation" if i % 2 == 0 and i > 0 else None for i in range(len(turns))]
+    return Conversation(messages, None, kinds, schema)
+  if schema == "openhands":
+    events = trajectory
+    if isinstance(trajectory, Mapping):
+      events = next((trajectory[k] for k in ("trajectory", "history") if isinstance(trajectory.get(k), list)),
+                    None)
+    if not isinstance(events, (list, tuple)) or not events:
+      raise TrajectoryError("an 'openhands' trajectory must be a non-empty list of events", 0)
+    messages, kinds = _events(events, rec)
     return Conversation(messages, None, kinds, schema)
   if schema == "swe-agent":
     if isinstance(trajectory, Mapping):

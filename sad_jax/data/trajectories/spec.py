@@ -71,7 +71,7 @@ KINDS = ("prompt", "agent", "observation", "other")
 _LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "harness", "other",
                 "examples_end")
 _FIELDS = ("name", "description", "extends", "start", "turns", "default_harness",
-           "require_agent", "json_keys", *_LIST_FIELDS)
+           "require_agent", "json_keys", "last_task", *_LIST_FIELDS)
 _STEP_BREAK = (SpanType.PROMPT, SpanType.OBSERVATION, SpanType.OTHER)
 
 
@@ -223,6 +223,11 @@ class FormatSpec:
     examples_end: layouts without turns: line patterns that end the few-shot
       examples of a prompt (``Here is the task.``); everything up to the end of
       the last matching line is ``PROMPT``.
+    last_task: layouts without turns: the line pattern that states a task
+      (``Question:``); when it occurs more than once and its last line differs
+      from every earlier one, the earlier ones were few-shot examples and all
+      text before the last one is ``PROMPT`` (repeated lines are retries of
+      one task, as in Reflexion, and are kept).
     source: the dict the spec was built from (``extends`` merges these).
   """
   name: str
@@ -238,6 +243,7 @@ class FormatSpec:
   require_agent: str
   examples_end: tuple[re.Pattern, ...] = ()
   json_keys: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  last_task: re.Pattern | None = None
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
   @classmethod
@@ -282,6 +288,7 @@ class FormatSpec:
         require_agent=str(d.get("require_agent") or "no reasoning or action span found"),
         examples_end=tuple(_regex(p, f"examples_end[{i}]") for i, p in enumerate(lists["examples_end"])),
         json_keys=_json_keys(d.get("json_keys") or {}),
+        last_task=None if d.get("last_task") is None else _regex(d["last_task"], "last_task"),
         source=dict(d))
 
 
@@ -643,12 +650,19 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
 
 
 def _examples_end(spec: FormatSpec, text: str) -> int:
-  """End of the line of the last ``examples_end`` match (0 when none)."""
+  """Where the real task starts after few-shot examples (0 when there are none)."""
   end = 0
   for pattern in spec.examples_end:
     for m in pattern.finditer(text):
       nl = text.find("\n", m.end())
       end = max(end, len(text) if nl < 0 else nl + 1)
+  if spec.last_task is not None:
+    starts = [m.start() for m in spec.last_task.finditer(text)]
+    if len(starts) > 1:
+      ends = [text.find("\n", s) for s in starts]
+      lines = [text[s:len(text) if e < 0 else e].strip() for s, e in zip(starts, ends)]
+      if lines[-1] not in lines[:-1]:
+        end = max(end, starts[-1])
   return end
 
 

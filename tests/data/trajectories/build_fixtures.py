@@ -501,6 +501,40 @@ RECORDS = [
                    "ACTION": ["print(366 if calendar.isleap(2100) else 365)", "final_answer(365)"],
                    "OBSERVATION": ["365"]},
     },
+    {
+        "name": "react_few_shot_prompt_log",
+        "convention": "A ReAct HotpotQA prompt log: the instruction, a solved example question, then "
+                      "the real question and the agent's steps (the example is prompt)",
+        "format": "react",
+        "trajectory": "Solve a question answering task with interleaving Thought, Action, Observation steps.\n"
+                      "Question: What is the capital of the country where the Eiffel Tower is?\n"
+                      "Thought 1: The Eiffel Tower is in France, whose capital is Paris.\nAction 1: Finish[Paris]\n"
+                      "Question: Which ocean is the Azores archipelago in?\n"
+                      "Thought 1: I should search for the Azores.\nAction 1: Search[Azores]\n"
+                      "Observation 1: The Azores lie in the North Atlantic Ocean.\n"
+                      "Thought 2: So the answer is the Atlantic.\nAction 2: Finish[Atlantic Ocean]\n",
+        "expect": {"PROMPT": ["The Eiffel Tower is in France, whose capital is Paris.", "Finish[Paris]",
+                              "Which ocean is the Azores archipelago in?"],
+                   "REASONING": ["I should search for the Azores.", "So the answer is the Atlantic."],
+                   "ACTION": ["Search[Azores]", "Finish[Atlantic Ocean]"],
+                   "OBSERVATION": ["The Azores lie in the North Atlantic Ocean."]},
+    },
+    {
+        "name": "reflexion_hotpotqa_two_trials",
+        "convention": "Reflexion on HotpotQA over two trials of the same question (a retry is the "
+                      "agent's work, not a few-shot example)",
+        "format": "react",
+        "trajectory": "Question: What river flows through Vienna?\nThought 1: I believe it is the Rhine.\n"
+                      "Action 1: Finish[Rhine]\nObservation 1: Answer is INCORRECT\n"
+                      "Reflection: I guessed; I should search the city first.\n"
+                      "Question: What river flows through Vienna?\nThought 1: Search Vienna this time.\n"
+                      "Action 1: Search[Vienna]\nObservation 1: Vienna lies on the Danube.\n"
+                      "Thought 2: It is the Danube.\nAction 2: Finish[Danube]\n",
+        "expect": {"REASONING": ["I believe it is the Rhine.", "I guessed; I should search the city first.",
+                                 "It is the Danube."],
+                   "ACTION": ["Finish[Rhine]", "Search[Vienna]", "Finish[Danube]"],
+                   "OBSERVATION": ["Answer is INCORRECT", "Vienna lies on the Danube."]},
+    },
     # ------------------------------------------------------------------ more layouts
     {
         "name": "mistral_inst_tool_calls",
@@ -715,6 +749,30 @@ RECORDS = [
         "expect": {"PROMPT": ["Is port 8080 open?"],
                    "ACTION": ["\"port\": 8080", "No, port 8080 is closed."],
                    "OBSERVATION": ["{\"open\": false}"]},
+    },
+    {
+        "name": "openhands_event_stream",
+        "convention": "OpenHands trajectory export: a list of events with `source`, `action` + `args` "
+                      "(thought, command, code) or `observation` + `content`; agent state changes",
+        "format": "openhands",
+        "trajectory": [
+            {"id": 0, "source": "agent", "action": "system", "args": {"content": "You are OpenHands agent."}},
+            {"id": 1, "source": "user", "action": "message", "args": {"content": "How many .py files are in src?",
+                                                                      "image_urls": None}},
+            {"id": 2, "source": "environment", "observation": "agent_state_changed", "content": "",
+             "extras": {"agent_state": "running"}},
+            {"id": 3, "source": "agent", "action": "run", "message": "Running command: ls src | wc -l",
+             "args": {"command": "ls src/*.py | wc -l", "is_input": False, "thought": "I will count them with ls.",
+                      "blocking": False}},
+            {"id": 4, "source": "agent", "observation": "run", "cause": 3, "content": "7",
+             "extras": {"command": "ls src/*.py | wc -l", "metadata": {"exit_code": 0}}},
+            {"id": 5, "source": "agent", "action": "finish",
+             "args": {"final_thought": "There are 7 Python files in src.", "outputs": {}, "thought": ""}},
+        ],
+        "expect": {"PROMPT": ["How many .py files are in src?", "You are OpenHands agent."],
+                   "REASONING": ["I will count them with ls."],
+                   "ACTION": ["ls src/*.py | wc -l", "There are 7 Python files in src."],
+                   "OBSERVATION": ["7"]},
     },
 ]
 
