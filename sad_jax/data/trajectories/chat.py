@@ -192,7 +192,11 @@ def render_builtin(trajectory, strict: bool = True, schema: str = "chat") -> Seg
       else:
         emit("\n")
         start = regions.pop()[0]
-      emit("<tool_response>\n" + m.content + "\n</tool_response>")
+      wrapped = m.content.strip()
+      if wrapped.startswith("<tool_response>") and wrapped.endswith("</tool_response>"):
+        emit(m.content)  # already in the Hermes layout
+      else:
+        emit("<tool_response>\n" + m.content + "\n</tool_response>")
       regions.append((start, length, "observation", i))
       if not (isinstance(nxt, dict) and nxt.get("role") == "tool"):
         emit("<|im_end|>\n")

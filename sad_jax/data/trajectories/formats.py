@@ -66,8 +66,8 @@ HARNESS = (
     r"[ \t]*[=\-*#~]{3,}[ \t]*(?:Trial|Episode|Run|Task|Step|Round|Iteration|Instance|Example)\b",
     r"[ \t]*(?:Correct|Gold|Ground[ _-]?truth|Expected|Reference|True|Target)[ _]answer[ \t]*(?:is[ \t]*)?[:=]",
     r"[ \t]*(?:Gold|Ground[ _-]?truth|Label|Gold label|Reference)[ \t]*[:=]",
-    r"[ \t]*(?:Reward|Score|Success|Accuracy|Final reward|Total reward|Final score|Is correct|"
-    r"STATUS|EM|F1|Success rate|Pass rate|Avg(?:erage)? reward|Episode reward|Done)[ \t]*[:=][ \t]*\S",
+    r"[ \t]*(?:Reward|Score|Accuracy|Final reward|Total reward|Final score|Is correct|"
+    r"STATUS|EM|F1|Success rate|Pass rate|Avg(?:erage)? reward|Episode reward)[ \t]*[:=][ \t]*\S",
     r"[ \t]*[━─═]{3,}",                                              # box-drawing step banners
     r"[ \t]*\[Step \d+: Duration\b",                                # smolagents step footers
     r"[ \t]*(?:Max(?:imum)? (?:steps|turns|iterations) (?:reached|exceeded)|"
@@ -280,7 +280,7 @@ SPECS = {
              "next": "agent"},
             {"match": r">?[ \t]*Finished chain", "type": "other", "scope": "line", "next": "other"},
             {"match": r"Thought" + _N, "type": "reasoning"},
-            {"match": r"(?:Action Input|Action|Final Answer)" + _N, "type": "action"},
+            {"match": r"(?:Action Input|Action|Final Answer|AI)" + _N, "type": "action"},
             {"match": r"Invoking:", "type": "action", "scope": "line", "next": "observation"},
             {"match": r"Observation" + _N, "type": "observation"},
         ],
@@ -302,7 +302,7 @@ _REACT_MARKER = re.compile(r"^(Thought|Action)(?:[ \t]+\d+)?[ \t]*:", re.MULTILI
 _ALFWORLD_COMMAND = re.compile(r"^>", re.MULTILINE)
 _LANGCHAIN = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*>?[ \t]*(?:Entering new [^\n]*chain|Finished chain)",
                         re.MULTILINE)
-_COMPLETION = re.compile(r"<think>|</think>|<tool_call>")
+_COMPLETION = re.compile(r"<think>|</think>|<tool_call>|^DISCUSSION[ \t]*$", re.MULTILINE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -327,7 +327,7 @@ def detect_text(text: str) -> str | None:
   ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
   line with a code fence or ``<end_code>`` -> codeact; a ``Thought[ n]:`` /
   ``Action[ n]:`` line -> react; a line starting with ``>`` -> alfworld;
-  ``<think>``, ``</think>`` or ``<tool_call>`` -> completion.
+  ``<think>``, ``</think>``, ``<tool_call>`` or a SWE-agent ``DISCUSSION`` line -> completion.
   """
   if "<|im_start|>" in text:
     return "chatml"

@@ -11,7 +11,8 @@
                before it); content parts (``{"type": "text" | "reasoning" |
                "thinking" | "tool_call" | "tool_use" | "tool_result", ...}``, the
                payload under ``text`` / ``value`` / ``content`` / ``reasoning`` /
-               ``thinking`` / ``input``, as LLaMA-Factory and Anthropic write them);
+               ``thinking`` / ``input``, as LLaMA-Factory and Anthropic write them;
+               image / audio / video / file parts have no text and are left out);
                Qwen-Agent ``function_call: {"name", "arguments"}``; SWE-agent
                ``message_type: "observation"`` user messages.
 ``sharegpt``   ``{"conversations": [{"from": ..., "value": ...}], "system": ...,
@@ -56,6 +57,7 @@ _TEXT_TYPES = ("text", "input_text", "output_text")
 _REASONING_TYPES = ("reasoning", "thinking")
 _CALL_TYPES = ("tool_call", "tool_use", "function_call")
 _PAYLOAD = ("text", "value", "content", "reasoning", "thinking")
+_MEDIA_TYPES = ("image", "image_url", "input_image", "audio", "input_audio", "video", "file", "input_file")
 
 
 @dataclasses.dataclass
@@ -173,6 +175,8 @@ def _split_parts(msg: dict, where: str, rec: Recovery) -> tuple[dict, list]:
     elif kind in _CALL_TYPES:
       payload = part.get("value", part.get("text", part))
       calls += _calls(payload, f"{where}.content[{j}]", rec)
+    elif kind in _MEDIA_TYPES:
+      continue  # not text: no characters to label
     elif kind == "tool_result":
       content = part.get("content")
       if isinstance(content, list):

@@ -50,6 +50,7 @@ non-space text outside the turns, a tool call that is not JSON with a
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -192,14 +193,15 @@ class Turns:
       if not isinstance(e, str) or not e:
         raise ValueError(f"{where}.end[{i}] must be a non-empty string, got {e!r}")
     end = re.compile("|".join(re.escape(e) for e in ends)) if ends else None
-    roles = _keys(d["roles"], d["roles"].keys() if isinstance(d["roles"], Mapping) else (),
-                  f"{where}.roles")
+    roles = d["roles"]
+    if not isinstance(roles, Mapping) or not roles:
+      raise ValueError(f"{where}.roles must be a non-empty mapping of role name -> kind, got {roles!r}")
     for role, kind in roles.items():
       if kind not in KINDS:
         raise ValueError(f"{where}.roles[{role!r}] must be one of {KINDS}, got {kind!r}")
     preamble = _type(d.get("preamble", "other"), f"{where}.preamble",
                      {k: v for k, v in TYPE_NAMES.items() if k in ("prompt", "other")})
-    return cls(header, end, ends[0] if ends else "", dict(roles), preamble)
+    return cls(header, end, ends[0] if ends else "", {str(k): v for k, v in roles.items()}, preamble)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,13 +249,13 @@ class FormatSpec:
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any], builtins: Mapping[str, Mapping] | None = None) -> FormatSpec:
+  def from_dict(cls, d: Mapping[str, Any]) -> FormatSpec:
     """Validates ``d`` (keys as in the module docstring) and compiles its patterns."""
+    from sad_jax.data.trajectories import formats  # pylint: disable=g-import-not-at-top
     d = _keys(d, _FIELDS, "format spec")
     base_name = d.pop("extends", None)
     if base_name is not None:
-      from sad_jax.data.trajectories import formats  # pylint: disable=g-import-not-at-top
-      builtins = formats.SPECS if builtins is None else builtins
+      builtins = formats.SPECS
       if base_name not in builtins:
         raise ValueError(f"format spec extends unknown format {base_name!r} "
                          f"(built-in text formats: {sorted(builtins)})")
@@ -270,7 +272,6 @@ class FormatSpec:
       if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):
         raise ValueError(f"format spec {key!r} must be a list, got {type(value).__name__}")
       lists[key] = list(value)
-    from sad_jax.data.trajectories import formats  # pylint: disable=g-import-not-at-top
     harness = lists["harness"] + (list(formats.HARNESS) if d.get("default_harness", True) else [])
     other = [_regex(p, f"other[{i}]").pattern for i, p in enumerate(lists["other"])]
     return cls(
@@ -412,12 +413,16 @@ def _json_pieces(text: str, start: int, end: int, keys: Mapping[str, int], info:
 
 
 def _check_tool_call(text: str, start: int, end: int, rec: Recovery) -> None:
+  """A tool call must be a JSON object with a "name" (a Python dict literal, as some datasets write, too)."""
   inner = text[start:max(start, end)]
   try:
     call = json.loads(inner)
   except json.JSONDecodeError as e:
-    rec.fail(f"tool call is not valid JSON: {e.msg}", start + e.pos)
-    return
+    try:
+      call = ast.literal_eval(inner.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+      rec.fail(f"tool call is not valid JSON: {e.msg}", start + e.pos)
+      return
   if not isinstance(call, dict) or "name" not in call:
     rec.fail('tool call must be a JSON object with a "name"', start)
 
@@ -499,12 +504,20 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
           pieces.append([start, close.end(), tag.type])
           pos = close.end()
           break
+  pending = None  # (message, marker line start, content start) of a block that must not be empty
+
+  def check_pending(block_end: int) -> None:
+    if pending is not None and not text[pending[2]:block_end].strip():
+      rec.fail(pending[0], pending[1])
+
   while pos < end:
     nl = text.find("\n", pos, end)
     line_end = end if nl < 0 else nl + 1
     if pos == start or text[pos - 1] == "\n":
       p = _line_start(text, pos, line_end, spec.other)
       if any(h.match(text, p, line_end) for h in spec.harness):
+        check_pending(pos)
+        pending = None
         pieces.append([pos, line_end, SpanType.OTHER])
         pos = line_end
         continue
@@ -514,8 +527,12 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
         m = marker.match.match(text, p, line_end)
         if m is None:
           continue
-        if marker.nonempty and not text[m.end():line_end].strip():
+        check_pending(pos)
+        pending = None
+        if marker.nonempty and marker.scope == "line" and not text[m.end():line_end].strip():
           rec.fail(marker.nonempty, pos)
+        elif marker.nonempty:
+          pending = (marker.nonempty, pos, m.end())
         _note(info, marker)
         if marker.scope == "line":
           _add(pieces, text, pos, line_end, marker.type)
@@ -553,6 +570,7 @@ def scan(spec: FormatSpec, text: str, start: int, end: int, base: int, rec: Reco
     pieces.append([m.start(), block_end, tag.type])
     current = current if tag.after is None else tag.after
     pos = block_end
+  check_pending(end)
   return _resolve(pieces, free_type)
 
 

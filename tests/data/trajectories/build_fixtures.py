@@ -774,6 +774,61 @@ RECORDS = [
                    "ACTION": ["ls src/*.py | wc -l", "There are 7 Python files in src."],
                    "OBSERVATION": ["7"]},
     },
+    {
+        "name": "hermes_function_calling_sharegpt",
+        "convention": "Hermes function-calling data in ShareGPT form: tools inside <tools> in the system "
+                      "turn, calls written as Python dict literals in <tool_call>, tool turns already "
+                      "wrapped in <tool_response>",
+        "format": "sharegpt",
+        "trajectory": {"conversations": [
+            {"from": "system", "value": "You are a function calling AI model. <tools> [{'name': 'get_fx', "
+                                        "'parameters': {'pair': 'string'}}] </tools>"},
+            {"from": "human", "value": "What is the EUR/CHF rate?"},
+            {"from": "gpt", "value": "<tool_call>\n{'arguments': {'pair': 'EURCHF'}, 'name': 'get_fx'}\n</tool_call>"},
+            {"from": "tool", "value": "<tool_response>\n{'rate': 0.94}\n</tool_response>"},
+            {"from": "gpt", "value": "One euro is 0.94 Swiss francs."}]},
+        "expect": {"PROMPT": ["What is the EUR/CHF rate?", "'name': 'get_fx'"],
+                   "ACTION": ["{'arguments': {'pair': 'EURCHF'}, 'name': 'get_fx'}", "One euro is 0.94 Swiss francs."],
+                   "OBSERVATION": ["{'rate': 0.94}"]},
+    },
+    {
+        "name": "smolagents_tool_calling_agent",
+        "convention": "smolagents ToolCallingAgent log: `Action:` followed by the call as a multi-line "
+                      "JSON object, `Observation:`",
+        "format": "react",
+        "trajectory": "Task: What is the weather in Rome?\nThought: I will call the weather tool.\nAction:\n"
+                      "{\n  \"name\": \"get_weather\",\n  \"arguments\": {\"city\": \"Rome\"}\n}\n"
+                      "Observation: sunny, 24 C\nThought: I can answer now.\nAction:\n"
+                      "{\n  \"name\": \"final_answer\",\n  \"arguments\": {\"answer\": \"Sunny, 24 C\"}\n}\n",
+        "expect": {"PROMPT": ["What is the weather in Rome?"],
+                   "REASONING": ["I will call the weather tool.", "I can answer now."],
+                   "ACTION": ["\"name\": \"get_weather\"", "\"answer\": \"Sunny, 24 C\""],
+                   "OBSERVATION": ["sunny, 24 C"]},
+    },
+    {
+        "name": "openai_image_part_and_empty_think",
+        "convention": "OpenAI messages with an image part next to the text (no characters to label) and "
+                      "a Qwen3 answer with an empty <think></think>",
+        "format": "chat",
+        "trajectory": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}},
+                                         {"type": "text", "text": "What animal is in the picture?"}]},
+            {"role": "assistant", "content": "<think>\n\n</think>\n\nDone: it is a cat."},
+        ],
+        "expect": {"PROMPT": ["What animal is in the picture?"], "ACTION": ["Done: it is a cat."]},
+    },
+    {
+        "name": "langchain_conversational_ai_prefix",
+        "convention": "LangChain conversational ReAct agent: `Do I need to use a tool?` thoughts and the "
+                      "reply after `AI:`",
+        "format": "langchain",
+        "trajectory": "\n\n> Entering new AgentExecutor chain...\nThought: Do I need to use a tool? Yes\n"
+                      "Action: Calculator\nAction Input: 2^10\nObservation: Answer: 1024\n"
+                      "Thought: Do I need to use a tool? No\nAI: 2^10 is 1024.\n\n> Finished chain.\n",
+        "expect": {"REASONING": ["Do I need to use a tool? Yes", "Do I need to use a tool? No"],
+                   "ACTION": ["Action Input: 2^10", "AI: 2^10 is 1024."],
+                   "OBSERVATION": ["Answer: 1024"], "OTHER": ["> Finished chain."]},
+    },
 ]
 
 
