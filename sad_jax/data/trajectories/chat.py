@@ -216,8 +216,8 @@ def render_builtin(trajectory, strict: bool = True, schema: str = "chat") -> Seg
   text = "".join(parts)
   rec.text = text
   pieces = []
-  for j, (start, end, kind, i) in enumerate(regions):
-    acting = j + 1 < len(regions) and regions[j + 1][2] == "observation"
+  acting_regions = spec_lib.acting_turns([r[2] for r in regions])
+  for (start, end, kind, i), acting in zip(regions, acting_regions):
     try:
       pieces += spec_lib.label_region(spec, text, start, end, kind, rec, acting)
     except TrajectoryError as e:

@@ -188,7 +188,7 @@ SPECS = {
             {"match": r"(?i:action|act)" + _N, "type": "action", "nonempty": "empty action"},
             {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
         ],
-        "examples_end": [_EXAMPLES_END], "last_task": r"^(?:Question|Claim)(?:[ \t]+\d+)?[ \t]*:",
+        "examples_end": [_EXAMPLES_END], "last_task": r"^(?:Question|Claim|Instruction)(?:[ \t]+\d+)?[ \t]*:",
         "other": [_ANSI],
         "require_agent": "no 'Thought:' or 'Action:' line found in ReAct text",
     },

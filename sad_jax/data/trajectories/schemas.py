@@ -12,7 +12,8 @@
                "thinking" | "tool_call" | "tool_use" | "tool_result", ...}``, the
                payload under ``text`` / ``value`` / ``content`` / ``reasoning`` /
                ``thinking`` / ``input``, as LLaMA-Factory and Anthropic write them;
-               image / audio / video / file parts have no text and are left out);
+               image / audio / video / file parts have no text and are left out;
+               Gemini ``parts`` with ``text`` / ``functionCall`` / ``functionResponse``);
                Qwen-Agent ``function_call: {"name", "arguments"}``; SWE-agent
                ``message_type: "observation"`` user messages.
 ``sharegpt``   ``{"conversations": [{"from": ..., "value": ...}], "system": ...,
@@ -57,7 +58,8 @@ _TEXT_TYPES = ("text", "input_text", "output_text")
 _REASONING_TYPES = ("reasoning", "thinking")
 _CALL_TYPES = ("tool_call", "tool_use", "function_call")
 _PAYLOAD = ("text", "value", "content", "reasoning", "thinking")
-_MEDIA_TYPES = ("image", "image_url", "input_image", "audio", "input_audio", "video", "file", "input_file")
+_MEDIA_TYPES = ("image", "image_url", "input_image", "audio", "input_audio", "video", "file", "input_file",
+                "redacted_thinking")
 
 
 @dataclasses.dataclass
@@ -166,6 +168,16 @@ def _split_parts(msg: dict, where: str, rec: Recovery) -> tuple[dict, list]:
   texts, reasoning, calls, results = [], [], [], []
   for j, part in enumerate(parts):
     kind = part.get("type", "text") if isinstance(part, Mapping) else None
+    if isinstance(part, Mapping) and "type" not in part:  # Gemini parts
+      if isinstance(part.get("functionCall"), Mapping):
+        kind, part = "tool_call", {"value": {"name": part["functionCall"].get("name"),
+                                             "arguments": part["functionCall"].get("args", {})}}
+      elif isinstance(part.get("functionResponse"), Mapping):
+        response = part["functionResponse"].get("response")
+        kind, part = "tool_result", {"content": response if isinstance(response, str)
+                                     else json.dumps(response, ensure_ascii=False)}
+      elif any(k in part for k in ("inlineData", "fileData", "inline_data", "file_data")):
+        continue
     if isinstance(part, str):
       texts.append(part)
     elif kind in _TEXT_TYPES and _payload(part) is not None:
@@ -199,6 +211,8 @@ def _message(i: int, msg, rec: Recovery) -> list[tuple[dict, str | None]]:
   if not isinstance(msg, Mapping):
     raise TrajectoryError(f"messages[{i}] must be an object, got {type(msg).__name__}", 0)
   msg = dict(msg)
+  if "content" not in msg and isinstance(msg.get("parts"), list):  # Gemini contents
+    msg["content"] = msg.pop("parts")
   if "role" not in msg and "from" in msg:
     msg["role"] = msg.pop("from")
     if "value" in msg and "content" not in msg:

@@ -675,13 +675,22 @@ def _examples_end(spec: FormatSpec, text: str) -> int:
       nl = text.find("\n", m.end())
       end = max(end, len(text) if nl < 0 else nl + 1)
   if spec.last_task is not None:
-    starts = [m.start() for m in spec.last_task.finditer(text)]
-    if len(starts) > 1:
-      ends = [text.find("\n", s) for s in starts]
-      lines = [text[s:len(text) if e < 0 else e].strip() for s, e in zip(starts, ends)]
-      if lines[-1] not in lines[:-1]:
-        end = max(end, starts[-1])
+    found = list(spec.last_task.finditer(text))
+    if len(found) > 1:
+      tasks = [_task_statement(text, m) for m in found]
+      if tasks[-1] not in tasks[:-1]:
+        end = max(end, found[-1].start())
   return end
+
+
+def _task_statement(text: str, m: re.Match) -> str:
+  """The task a ``last_task`` match states: the rest of its line, or the next line if that is blank."""
+  nl = text.find("\n", m.end())
+  line = text[m.end():len(text) if nl < 0 else nl].strip()
+  if line or nl < 0:
+    return line
+  nl2 = text.find("\n", nl + 1)
+  return text[nl + 1:len(text) if nl2 < 0 else nl2].strip()
 
 
 def _task_before_first_act(pieces: list) -> list:
@@ -745,7 +754,20 @@ def _segment_turns(spec: FormatSpec, text: str, rec: Recovery) -> list:
     kinds[i] = next_kind(spec, kinds[i], text[start:end], state)
     if kinds[i] == "agent":
       state["reply"] = expects_reply(spec, text, start, end)
-  for i, (start, end, _, _) in enumerate(regions):
-    acting = i + 1 < len(kinds) and kinds[i + 1] == "observation"
-    pieces += label_region(spec, text, start, end, kinds[i], rec, acting)
+  for (start, end, _, _), kind, acting in zip(regions, kinds, acting_turns(kinds)):
+    pieces += label_region(spec, text, start, end, kind, rec, acting)
   return pieces
+
+
+def acting_turns(kinds: Sequence[str]) -> list[bool]:
+  """Per turn: an agent turn the environment answers (the next turn is an observation).
+
+  The last agent turn, answered by nothing, is acting when an earlier agent
+  turn was (an episode of commands ends with a command, e.g. SWE-agent's ``submit``).
+  """
+  out = [k == "agent" and i + 1 < len(kinds) and kinds[i + 1] == "observation" for i, k in enumerate(kinds)]
+  last_agent = max((i for i, k in enumerate(kinds) if k == "agent"), default=None)
+  if last_agent is not None and not any(k != "agent" and k != "other" for k in kinds[last_agent + 1:]) \
+      and any(out[:last_agent]):
+    out[last_agent] = True
+  return out

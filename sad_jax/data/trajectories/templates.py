@@ -108,10 +108,11 @@ def _compile(chat_template: str):
 
 def _template_messages(msgs: list[Message], kinds: list[str], tagged: bool, rec: Recovery) -> list[dict]:
   out = []
+  acting_messages = spec_lib.acting_turns(kinds)
   for i, m in enumerate(msgs):
     d = dict(m.extra)
     known = kinds[i] != "other" and tagged
-    acting = i + 1 < len(kinds) and kinds[i + 1] == "observation"
+    acting = acting_messages[i]
     d["content"] = _wrap_content(i, m, kinds[i], acting, rec) if known else m.content
     if m.reasoning is not None:
       d["reasoning_content"] = _wrap(m.reasoning, SpanType.REASONING) if known else m.reasoning

@@ -829,6 +829,55 @@ RECORDS = [
                    "ACTION": ["Action Input: 2^10", "AI: 2^10 is 1024."],
                    "OBSERVATION": ["Answer: 1024"], "OTHER": ["> Finished chain."]},
     },
+    {
+        "name": "gemini_contents_function_call",
+        "convention": "Gemini API contents: roles user / model, `parts` with text, functionCall "
+                      "{name, args} and functionResponse {name, response}",
+        "format": "chat",
+        "trajectory": {"messages": [
+            {"role": "user", "parts": [{"text": "Turn on the kitchen lights."}]},
+            {"role": "model", "parts": [{"text": "Switching them on."},
+                                        {"functionCall": {"name": "set_light", "args": {"room": "kitchen", "on": True}}}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "set_light", "response": {"status": "on"}}}]},
+            {"role": "model", "parts": [{"text": "The kitchen lights are on."}]},
+        ]},
+        "expect": {"PROMPT": ["Turn on the kitchen lights."],
+                   "REASONING": ["Switching them on."],
+                   "ACTION": ["set_light", "\"room\": \"kitchen\"", "The kitchen lights are on."],
+                   "OBSERVATION": ["\"status\": \"on\""]},
+    },
+    {
+        "name": "swe_agent_history_ends_with_submit",
+        "convention": "SWE-agent history whose last assistant message is the `submit` command with no "
+                      "observation after it (the episode's commands are fenced throughout)",
+        "format": "swe-agent",
+        "trajectory": {"history": [
+            {"role": "user", "content": "Fix the off-by-one in range_sum()."},
+            {"role": "assistant", "content": "Let me edit line 4.\n\n```\nedit 4:4\n    return sum(range(n + 1))\nend_of_edit\n```"},
+            {"role": "user", "content": "File updated.\n(Open file: /repo/util.py)\n(Current directory: /repo)\nbash-$"},
+            {"role": "assistant", "content": "The fix is in; I will submit.\n\n```\nsubmit\n```"},
+        ]},
+        "expect": {"PROMPT": ["Fix the off-by-one in range_sum()."],
+                   "REASONING": ["Let me edit line 4.", "The fix is in; I will submit."],
+                   "ACTION": ["return sum(range(n + 1))", "submit"],
+                   "OBSERVATION": ["File updated."]},
+    },
+    {
+        "name": "webshop_few_shot_prompt",
+        "convention": "A ReAct WebShop prompt log: one solved example (Instruction: on its own line), then "
+                      "the real instruction and the agent's actions",
+        "format": "react",
+        "trajectory": "Webshop\nInstruction:\ni would like a pack of green tea under 10 dollars\n[Search]\n\n"
+                      "Action: search[green tea pack]\nObservation: [B0TEA1] Green Tea 20 bags $6\n"
+                      "Action: click[B0TEA1]\nObservation: You have clicked B0TEA1.\n\n"
+                      "WebShop\nInstruction:\ni need a black phone case for a small phone\n[Search]\n\n"
+                      "Action: search[black phone case small]\nObservation: [B0CASE9] Slim Black Case $8\n"
+                      "Action: think[B0CASE9 is black and slim.]\nObservation: OK.\nAction: click[B0CASE9]\n",
+        "expect": {"PROMPT": ["search[green tea pack]", "click[B0TEA1]", "i need a black phone case for a small phone"],
+                   "REASONING": ["think[B0CASE9 is black and slim.]"],
+                   "ACTION": ["search[black phone case small]", "click[B0CASE9]"],
+                   "OBSERVATION": ["[B0CASE9] Slim Black Case $8"]},
+    },
 ]
 
 
