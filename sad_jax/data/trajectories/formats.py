@@ -31,6 +31,12 @@
 ``cohere``     ``<|START_OF_TURN_TOKEN|><|USER_TOKEN|> ... <|END_OF_TURN_TOKEN|>``
                (Command-R), ``CHATBOT`` turns are the agent's.
 ``granite``    ``<|start_of_role|>role<|end_of_role|> ... <|end_of_text|>``.
+``autogen``    AutoGen console logs: ``name (to name):`` messages separated by
+               ``-----`` lines; ``user_proxy`` / ``user`` / ``admin`` are the prompt,
+               other names agents; ``exitcode: ...`` replies are observations.
+``crewai``     CrewAI verbose logs: ``# Agent:``, ``## Task:``, ``## Thought:``,
+               ``## Using tool:`` / ``## Tool Input:`` (action), ``## Tool Output:``,
+               ``## Final Answer:``.
 ``langchain``  AgentExecutor verbose logs: ``> Entering new ... chain...`` then an
                unlabelled first thought, ``Action:`` / ``Action Input:`` /
                ``Observation:`` / ``Thought:`` / ``Final Answer:``, ANSI colour
@@ -78,6 +84,8 @@ HARNESS = (
     r"[ \t]*\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d",                      # timestamped log lines
     r"[ \t]*Action[ \t]*:[ \t]*reset[ \t]*\r?$",                     # the harness resets the env
     r"[ \t]*You have \d+ steps? left",                               # MINT budget lines
+    r"[ \t]*>{4,}[ \t]*(?:EXECUTING|TERMINATING|USING AUTO REPLY)\b",   # AutoGen
+    r"[ \t]*={3,}[ \t]*(?:Calling Function|Function Output)[ \t]*={3,}",  # LlamaIndex
     r"[ \t]*(?:Trial|Episode|Run)[ \t]*#?[ \t]*\d+[ \t]*:?[ \t]*\r?$",
 )
 
@@ -135,6 +143,7 @@ AGENT_MARKERS = (
     {"match": r">?[ \t]*(?i:think)[ \t]*:", "type": "reasoning"},
     {"match": r"(?i:action|act)" + _N + r"(?=[ \t]*(?i:think)\[)", "type": "reasoning"},
     {"match": r"(?i:final answer)" + _N, "type": "action", "final": True},
+    {"match": r"Answer" + _N, "type": "action", "final": True, "within": ["reasoning"]},
     {"match": r"(?i:action|act)" + _N + r"(?=[ \t]*(?i:finish|answer|submit)\b)", "type": "action",
      "final": True},
     {"match": r"(?i:action input|action|act)" + _N, "type": "action"},
@@ -152,6 +161,7 @@ OBSERVATION_TURNS = (
     r"(?i:execution (?:output|result)|tool (?:output|result|response)|function (?:output|result)|"
     r"output|result|environment|env|stdout|stderr)[ \t]*:",
     r"EXECUTION RESULT of \[",
+    r"exitcode: -?\d+",
     r"Out\[\d+\]:",
     r"(?i:expert feedback)[ \t]*:",
     r"\[(?:File|Command|Python Interpreter|Jupyter|Code executed|Error)\b",
@@ -185,6 +195,7 @@ SPECS = {
             {"match": r"(?:Question|Instruction|Task|Claim)" + _N, "type": "prompt"},
             {"match": r"(?i:thought)" + _N, "type": "reasoning"},
             {"match": r"(?i:action input|final answer)" + _N, "type": "action"},
+            {"match": r"Answer" + _N, "type": "action", "within": ["reasoning"]},
             {"match": r"(?i:action|act)" + _N, "type": "action", "nonempty": "empty action"},
             {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
         ],
@@ -272,6 +283,24 @@ SPECS = {
         "header": r"<\|start_of_role\|>(?P<role>[^<\n]*)<\|end_of_role\|>", "end": ["<|end_of_text|>"],
         "roles": {"system": "prompt", "user": "prompt", "assistant": "agent", "tool": "observation",
                   "tool_response": "observation", "available_tools": "prompt"}}),
+    "autogen": _turn_layout("autogen", "AutoGen console logs: 'name (to name):' messages", {
+        "header": r"^(?P<role>[A-Za-z][\w.-]*) \(to [\w.-]+\):\n\n?", "preamble": "prompt",
+        "roles": {"user_proxy": "prompt", "user": "prompt", "User": "prompt", "human": "prompt",
+                  "Human": "prompt", "admin": "prompt", "Admin": "prompt", "*": "agent"}}),
+    "crewai": {
+        "name": "crewai", "description": "CrewAI verbose logs: # Agent: / ## Thought: / ## Using tool:",
+        "start": "prompt",
+        "markers": [
+            {"match": r"#[ \t]*Agent:", "type": "other", "scope": "line", "next": "prompt"},
+            {"match": r"##[ \t]*Task:", "type": "prompt"},
+            {"match": r"##[ \t]*Thought:", "type": "reasoning"},
+            {"match": r"##[ \t]*(?:Using tool|Tool Input):", "type": "action"},
+            {"match": r"##[ \t]*Tool Output:", "type": "observation"},
+            {"match": r"##[ \t]*Final Answer:", "type": "action", "final": True},
+        ],
+        "other": [_ANSI],
+        "require_agent": "no thought, tool use or final answer found in the CrewAI log",
+    },
     "langchain": {
         "name": "langchain", "description": "LangChain AgentExecutor verbose logs",
         "start": "prompt",
@@ -302,6 +331,8 @@ _REACT_MARKER = re.compile(r"^(Thought|Action)(?:[ \t]+\d+)?[ \t]*:", re.MULTILI
 _ALFWORLD_COMMAND = re.compile(r"^>", re.MULTILINE)
 _LANGCHAIN = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*>?[ \t]*(?:Entering new [^\n]*chain|Finished chain)",
                         re.MULTILINE)
+_CREWAI = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*##[ \t]*(?:Thought|Using tool|Final Answer):", re.MULTILINE)
+_AUTOGEN = re.compile(r"^[A-Za-z][\w.-]* \(to [\w.-]+\):\n", re.MULTILINE)
 _COMPLETION = re.compile(r"<think>|</think>|<tool_call>|^DISCUSSION[ \t]*$", re.MULTILINE)
 
 
@@ -313,8 +344,8 @@ def builtin(name: str) -> FormatSpec:
 
 def _has_agent_turn(name: str, text: str) -> bool:
   spec = builtin(name)
-  return any(spec.turns.roles.get(m.group("role")) == "agent"
-             for m in spec.turns.header.finditer(text))
+  roles = spec.turns.roles
+  return any(roles.get(m.group("role"), roles.get("*")) == "agent" for m in spec.turns.header.finditer(text))
 
 
 def detect_text(text: str) -> str | None:
@@ -323,7 +354,9 @@ def detect_text(text: str) -> str | None:
   ``<|im_start|>`` -> chatml; ``<|start_header_id|>`` -> llama3; ``<｜User｜>`` or
   ``<｜Assistant｜>`` -> deepseek; ``<start_of_turn>`` -> gemma; ``<|START_OF_TURN_TOKEN|>``
   -> cohere; ``<|start_of_role|>`` -> granite; ``<|assistant|>`` or
-  ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; a LangChain chain banner -> langchain; an
+  ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; a LangChain chain banner -> langchain; a CrewAI ``## Thought:`` /
+  ``## Using tool:`` / ``## Final Answer:`` line -> crewai; AutoGen ``name (to name):``
+  headers -> autogen; an
   ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
   line with a code fence or ``<end_code>`` -> codeact; a ``Thought[ n]:`` /
   ``Action[ n]:`` line -> react; a line starting with ``>`` -> alfworld;
@@ -347,6 +380,10 @@ def detect_text(text: str) -> str | None:
     return "mistral"
   if _LANGCHAIN.search(text):
     return "langchain"
+  if _CREWAI.search(text):
+    return "crewai"
+  if _has_agent_turn("autogen", text) and _AUTOGEN.search(text):
+    return "autogen"
   if _has_agent_turn("plain", text):
     return "plain"
   if _CODEACT_MARKER.search(text) and _CODE.search(text):

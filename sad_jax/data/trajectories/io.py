@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
+from sad_jax.data.trajectories.schemas import detect_schema
 from sad_jax.data.trajectories.segment import FORMATS, segment
 from sad_jax.data.trajectories.segmented import Segmented, TrajectoryError
 from sad_jax.data.trajectories.spec import load_spec
@@ -106,7 +107,9 @@ def _trajectory(data: dict, fmt) -> tuple[Any, Any]:
     raise TrajectoryError(f"unknown format {fmt!r} (expected one of {FORMATS})", 0)
   key = next((k for k in _PAYLOAD_KEYS if k in data), None)
   if key is None:
-    raise TrajectoryError(f"record has none of the keys {_PAYLOAD_KEYS}", 0)
+    if detect_schema(data) in ("alpaca", "xlam", "dspy"):
+      return data, fmt  # the record is the sample
+    raise TrajectoryError(f"record has none of the keys {_PAYLOAD_KEYS} and is no known sample schema", 0)
   trajectory = data[key]
   if key == "trajectory" and isinstance(trajectory, list) and "tools" in data:
     trajectory = {"messages": trajectory, "tools": data["tools"]}

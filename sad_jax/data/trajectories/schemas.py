@@ -33,6 +33,14 @@
                call; ``message`` / ``finish`` as the answer, ``think`` as
                reasoning); observations are tool output; state-change events
                are dropped.
+``alpaca``     ``{"instruction", "input", "output", "system", "history"}``
+               (Alpaca / LLaMA-Factory alpaca format): ``history`` pairs, then the
+               instruction (with its input) and the output.
+``xlam``       function-calling samples ``{"query", "answers", "tools"}`` (APIGen /
+               xLAM): the query, then the answers as tool calls.
+``dspy``       DSPy ReAct trajectories ``{"thought_0", "tool_name_0", "tool_args_0",
+               "observation_0", ...}``: per step an assistant message (the thought,
+               the tool call) and the observation.
 =============  ==================================================================
 """
 from __future__ import annotations
@@ -44,7 +52,7 @@ from typing import Any
 
 from sad_jax.data.trajectories.segmented import Recovery, TrajectoryError
 
-SCHEMAS = ("chat", "sharegpt", "turns", "swe-agent", "openhands")
+SCHEMAS = ("chat", "sharegpt", "turns", "swe-agent", "openhands", "alpaca", "xlam", "dspy")
 
 ROLE_ALIASES = {
     "human": "user", "user": "user", "system": "system", "developer": "developer",
@@ -83,6 +91,12 @@ class Conversation:
 def detect_schema(trajectory: Any) -> str | None:
   """Which of :data:`SCHEMAS` a non-text trajectory is, or None."""
   if isinstance(trajectory, Mapping):
+    if "thought_0" in trajectory and "tool_name_0" in trajectory:
+      return "dspy"
+    if "query" in trajectory and "answers" in trajectory:
+      return "xlam"
+    if isinstance(trajectory.get("instruction"), str) and "output" in trajectory:
+      return "alpaca"
     if isinstance(trajectory.get("conversations"), list):
       inner = trajectory["conversations"]
       return "turns" if inner and all(isinstance(t, str) for t in inner) else "sharegpt"
@@ -318,9 +332,47 @@ def _events(events: Sequence, rec: Recovery) -> tuple[list, list]:
   return messages, kinds
 
 
+def _flat(schema: str, d: Mapping, rec: Recovery) -> tuple[list, list]:
+  """The single-record schemas (alpaca, xlam, dspy) as messages."""
+  if schema == "alpaca":
+    messages = [{"role": "system", "content": d["system"]}] if isinstance(d.get("system"), str) and d["system"] else []
+    for j, pair in enumerate(d.get("history") or []):
+      if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+        raise TrajectoryError(f"history[{j}] must be a [prompt, response] pair of strings", 0)
+      messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    prompt = d.get("instruction", "")
+    if isinstance(d.get("input"), str) and d["input"]:
+      prompt += "\n" + d["input"]
+    return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": d.get("output")}], \
+        [None] * (len(messages) + 2)
+  if schema == "xlam":
+    calls = _calls(d.get("answers"), "answers", rec)
+    return [{"role": "user", "content": d.get("query")},
+            {"role": "assistant", "content": "", "tool_calls": calls}], [None, None]
+  messages, kinds, i = [], [], 0
+  while f"thought_{i}" in d or f"tool_name_{i}" in d:
+    thought = d.get(f"thought_{i}") or ""
+    call = {"type": "function", "function": {"name": d.get(f"tool_name_{i}") or "",
+                                             "arguments": d.get(f"tool_args_{i}") or {}}}
+    messages.append({"role": "assistant", "content": thought if isinstance(thought, str) else str(thought),
+                     "tool_calls": [call]})
+    kinds.append(None)
+    if f"observation_{i}" in d:
+      obs = d[f"observation_{i}"]
+      messages.append({"role": "tool", "content": obs if isinstance(obs, str) else json.dumps(obs, default=str)})
+      kinds.append(None)
+    i += 1
+  return messages, kinds
+
+
 def normalize(trajectory: Any, schema: str, rec: Recovery) -> Conversation:
   """``trajectory`` in ``schema`` (one of :data:`SCHEMAS`) as a :class:`Conversation`."""
   tools = None
+  if schema in ("alpaca", "xlam", "dspy"):
+    if not isinstance(trajectory, Mapping):
+      raise TrajectoryError(f"an {schema!r} trajectory must be an object, got {type(trajectory).__name__}", 0)
+    messages, kinds = _flat(schema, trajectory, rec)
+    return Conversation(messages, _tools(trajectory.get("tools"), rec), kinds, schema)
   if schema == "turns":
     turns = trajectory.get("conversations") if isinstance(trajectory, Mapping) else trajectory
     if not isinstance(turns, (list, tuple)) or not turns or not all(isinstance(t, str) for t in turns):

@@ -36,7 +36,8 @@ turns), scanned line by line:
 4. the rest takes the current block's type. Leading whitespace of a piece takes
    the type of the piece before it (of the one after it at the region start).
 
-Turns: a prompt-role turn after the first agent turn whose content matches an
+Turn roles map names to kinds; the name ``"*"`` is the kind of every other
+role (AutoGen's agent names). A prompt-role turn after the first agent turn whose content matches an
 ``observation_turns`` pattern is an observation (ReAct-in-chat ``Observation:``
 user turns, SWE-agent and OpenHands environment replies); an agent turn
 followed by an observation is *acting*, which enables tags marked ``acting``
@@ -744,7 +745,7 @@ def _segment_turns(spec: FormatSpec, text: str, rec: Recovery) -> list:
     regions.append((h.end(), content_end, role, h.start("role")))
   kinds = []
   for start, end, role, role_pos in regions:
-    kind = turns.roles.get(role)
+    kind = turns.roles.get(role, turns.roles.get("*"))
     if kind is None:
       rec.fail(f"unknown role {role!r} (known: {sorted(turns.roles)})", role_pos)
       kind = "other"

@@ -878,6 +878,87 @@ RECORDS = [
                    "ACTION": ["search[black phone case small]", "click[B0CASE9]"],
                    "OBSERVATION": ["[B0CASE9] Slim Black Case $8"]},
     },
+    {
+        "name": "autogen_console_log",
+        "convention": "AutoGen two-agent console output: `name (to name):` headers, dashed separators, "
+                      "the executor banner, `exitcode: 0 (execution succeeded)` replies, TERMINATE",
+        "format": "autogen",
+        "trajectory": "user_proxy (to assistant):\n\nWhat is the 10th Fibonacci number?\n\n"
+                      "--------------------------------------------------------------------------------\n"
+                      "assistant (to user_proxy):\n\nI will compute it with a short loop.\n```python\n"
+                      "a, b = 0, 1\nfor _ in range(10):\n    a, b = b, a + b\nprint(a)\n```\n\n"
+                      "--------------------------------------------------------------------------------\n"
+                      ">>>>>>>> EXECUTING CODE BLOCK 0 (inferred language is python)...\n"
+                      "user_proxy (to assistant):\n\nexitcode: 0 (execution succeeded)\nCode output: \n55\n\n"
+                      "--------------------------------------------------------------------------------\n"
+                      "assistant (to user_proxy):\n\nThe 10th Fibonacci number is 55.\nTERMINATE\n",
+        "expect": {"PROMPT": ["What is the 10th Fibonacci number?"],
+                   "REASONING": ["I will compute it with a short loop."],
+                   "ACTION": ["a, b = b, a + b", "The 10th Fibonacci number is 55."],
+                   "OBSERVATION": ["exitcode: 0 (execution succeeded)", "55"],
+                   "OTHER": [">>>>>>>> EXECUTING CODE BLOCK 0 (inferred language is python)...",
+                             "assistant (to user_proxy):"]},
+    },
+    {
+        "name": "crewai_verbose_log",
+        "convention": "CrewAI verbose output: `# Agent:`, `## Task:`, `## Thought:`, `## Using tool:`, "
+                      "`## Tool Input:`, `## Tool Output:`, `## Final Answer:`",
+        "format": "crewai",
+        "trajectory": "# Agent: Market Researcher\n## Task: Find the release year of the first iPhone.\n\n"
+                      "## Thought: I should search the web for this.\n## Using tool: web_search\n"
+                      "## Tool Input: \n\"{\\\"query\\\": \\\"first iPhone release year\\\"}\"\n"
+                      "## Tool Output: \nThe first iPhone was released in 2007.\n\n"
+                      "# Agent: Market Researcher\n## Final Answer: \n2007\n",
+        "expect": {"PROMPT": ["Find the release year of the first iPhone."],
+                   "REASONING": ["I should search the web for this."],
+                   "ACTION": ["## Using tool: web_search", "first iPhone release year", "2007\n"],
+                   "OBSERVATION": ["The first iPhone was released in 2007."],
+                   "OTHER": ["# Agent: Market Researcher"]},
+    },
+    {
+        "name": "llamaindex_react_answer",
+        "convention": "LlamaIndex ReAct agent output: Thought / Action / Action Input / Observation, "
+                      "then `Thought: I can answer ...` and `Answer:`",
+        "format": "react",
+        "trajectory": "Thought: The current language of the user is English. I need a tool to multiply.\n"
+                      "Action: multiply\nAction Input: {\"a\": 7, \"b\": 6}\nObservation: 42\n"
+                      "Thought: I can answer without using any more tools.\nAnswer: 7 times 6 is 42.\n",
+        "expect": {"REASONING": ["I need a tool to multiply.", "I can answer without using any more tools."],
+                   "ACTION": ["Action: multiply", "{\"a\": 7, \"b\": 6}", "Answer: 7 times 6 is 42."],
+                   "OBSERVATION": ["Observation: 42"]},
+    },
+    {
+        "name": "alpaca_with_history",
+        "convention": "LLaMA-Factory alpaca format: instruction, input, output, system, history pairs",
+        "format": "alpaca",
+        "trajectory": {"system": "You are a math helper.", "history": [["What is 3 + 4?", "3 + 4 = 7."]],
+                       "instruction": "Now multiply that by two.", "input": "", "output": "7 * 2 = 14."},
+        "expect": {"PROMPT": ["You are a math helper.", "What is 3 + 4?", "Now multiply that by two."],
+                   "ACTION": ["3 + 4 = 7.", "7 * 2 = 14."]},
+    },
+    {
+        "name": "xlam_function_calling_sample",
+        "convention": "APIGen / xLAM function-calling sample: query, tools and answers as JSON strings",
+        "format": "xlam",
+        "trajectory": {"query": "Find the area of a circle with radius 3.",
+                       "tools": json.dumps([{"name": "circle_area", "description": "Area of a circle",
+                                             "parameters": {"radius": {"type": "float"}}}]),
+                       "answers": json.dumps([{"name": "circle_area", "arguments": {"radius": 3}}])},
+        "expect": {"PROMPT": ["Find the area of a circle with radius 3.", "Area of a circle"],
+                   "ACTION": ["circle_area", "\"radius\": 3"]},
+    },
+    {
+        "name": "dspy_react_trajectory",
+        "convention": "DSPy ReAct trajectory dict: thought_i, tool_name_i, tool_args_i, observation_i",
+        "format": "dspy",
+        "trajectory": {"thought_0": "I need the population of Lyon.", "tool_name_0": "search",
+                       "tool_args_0": {"query": "Lyon population"}, "observation_0": "Lyon has 522,000 inhabitants.",
+                       "thought_1": "I have what I need.", "tool_name_1": "finish", "tool_args_1": {},
+                       "observation_1": "Completed."},
+        "expect": {"REASONING": ["I need the population of Lyon.", "I have what I need."],
+                   "ACTION": ["\"query\": \"Lyon population\"", "finish"],
+                   "OBSERVATION": ["Lyon has 522,000 inhabitants."]},
+    },
 ]
 
 
