@@ -179,7 +179,10 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(m
                                st.sampled_from(["role", "from", "value", "content", "type", "text",
                                                 "tool_calls", "function_call", "name", "arguments",
                                                 "observation", "action", "thought", "messages",
-                                                "conversations", "history", "trajectory", "tools"]),
+                                                "conversations", "history", "trajectory", "tools",
+                                                "parts", "functionCall", "source", "args", "instruction",
+                                                "output", "history", "query", "answers", "thought_0",
+                                                "tool_name_0", "system", "response", "input"]),
                                c, max_size=4),
                            max_leaves=12)
 roles = st.sampled_from(["user", "assistant", "tool", "system", "human", "gpt", "function_call",
@@ -193,11 +196,13 @@ messages = st.lists(st.fixed_dictionaries(
                                              max_size=3))}), max_size=5)
 
 
-@hypothesis.settings(max_examples=120, deadline=2000)
+@hypothesis.settings(max_examples=200, deadline=2000)
 @hypothesis.given(payload=st.one_of(json_values, messages, st.lists(st.text(max_size=10), max_size=4)),
-                  key=st.sampled_from(["trajectory", "messages", "conversations", "history"]))
-def test_fuzz_read_jsonl_lenient_never_raises(payload, key):
+                  key=st.sampled_from(["trajectory", "messages", "conversations", "history"]),
+                  fmt=st.sampled_from([None, *tj.FORMATS]), extra=json_values)
+def test_fuzz_read_jsonl_lenient_never_raises(payload, key, fmt, extra):
+  record = {key: payload, **(extra if isinstance(extra, dict) else {})}
   report = tj.ReadReport()
-  for rec in tj.read_jsonl([json.dumps({key: payload})], strict=False, report=report):
+  for rec in tj.read_jsonl([json.dumps(record)], format=fmt, strict=False, report=report):
     assert isinstance(rec.segmented, tj.Segmented)
   assert report.lines == report.ok + report.recovered + report.flagged + report.malformed == 1

@@ -335,6 +335,8 @@ def _events(events: Sequence, rec: Recovery) -> tuple[list, list]:
 def _flat(schema: str, d: Mapping, rec: Recovery) -> tuple[list, list]:
   """The single-record schemas (alpaca, xlam, dspy) as messages."""
   if schema == "alpaca":
+    if not isinstance(d.get("instruction"), str):
+      raise TrajectoryError(f"an alpaca sample needs an 'instruction' string, got {d.get('instruction')!r:.40}", 0)
     messages = [{"role": "system", "content": d["system"]}] if isinstance(d.get("system"), str) and d["system"] else []
     for j, pair in enumerate(d.get("history") or []):
       if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
