@@ -78,7 +78,7 @@ HARNESS = (
     r"[ \t]*\[Step \d+: Duration\b",                                # smolagents step footers
     r"[ \t]*(?:Max(?:imum)? (?:steps|turns|iterations) (?:reached|exceeded)|"
     r"Episode (?:finished|done|ended|terminated))\b",
-    r"[ \t]*\{[ \t]*['\"](?:reward|score|success|done|correct|is_correct|accuracy|em|f1|won)"
+    r"[ \t]*\{[^\n]*['\"](?:reward|score|success|done|correct|is_correct|accuracy|em|f1|won|gt_answer)"
     r"['\"][ \t]*:[^\n]*\}[ \t]*\r?$",                               # result dicts
     r"[ \t]*\[(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)\][ \t]",
     r"[ \t]*\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d",                      # timestamped log lines
@@ -86,8 +86,13 @@ HARNESS = (
     r"[ \t]*You have \d+ steps? left",                               # MINT budget lines
     r"[ \t]*>{4,}[ \t]*(?:EXECUTING|TERMINATING|USING AUTO REPLY)\b",   # AutoGen
     r"[ \t]*={3,}[ \t]*(?:Calling Function|Function Output)[ \t]*={3,}",  # LlamaIndex
-    r"[ \t]*(?:Trial|Episode|Run)[ \t]*#?[ \t]*\d+[ \t]*:?[ \t]*\r?$",
+    r"[ \t]*(?:Trial|Episode|Run|Environment|Env)[ \t]*#?[ \t]*\d+[ \t]*:?[ \t]*\r?$",
+    r"[ \t]*\d+[ \t]+r[ \t]+(?:True|False|-?\d[\d.]*)[ \t]+rs[ \t]",          # ReAct ALFWorld tallies
 )
+
+#: Text layouts without turns only: score tallies a harness prints between episodes.
+_TALLY_LINES = [r"[ \t]*-?\d+(?:\.\d+)?(?:[ \t]+-?\d+(?:\.\d+)?)+[ \t]*\r?$",
+                r"(?i:observation)(?:[ \t]+\d+)?[ \t]*:[ \t]*Episode finished, reward"]
 
 _N = r"(?:[ \t]+\d+)?[ \t]*:"
 _ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # terminal colour codes
@@ -200,7 +205,7 @@ SPECS = {
             {"match": r"(?i:observation|obs)" + _N, "type": "observation"},
         ],
         "examples_end": [_EXAMPLES_END], "last_task": r"^(?:Question|Claim|Instruction)(?:[ \t]+\d+)?[ \t]*:",
-        "other": [_ANSI],
+        "other": [_ANSI], "harness": list(_TALLY_LINES),
         "require_agent": "no 'Thought:' or 'Action:' line found in ReAct text",
     },
     "alfworld": {
@@ -215,6 +220,7 @@ SPECS = {
              "next": "prompt", "within": _NOT_PROMPT},
         ],
         "examples_end": [_EXAMPLES_END], "last_task": r"^Your task is to:", "other": [_ANSI],
+        "harness": list(_TALLY_LINES),
         "require_agent": "no '> command' line found in ALFWorld text",
     },
     "codeact": {

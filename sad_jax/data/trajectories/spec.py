@@ -657,7 +657,7 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
   if spec.turns is None:
     base = spec.start
     begin = _examples_end(spec, text)
-    pieces = [[0, begin, SpanType.PROMPT]] if begin else []
+    pieces = scan(spec, text, 0, begin, SpanType.PROMPT, rec, agent=False)  # few-shot examples
     pieces += _task_before_first_act(scan(spec, text, begin, len(text), base, rec, agent=True))
   else:
     pieces = _segment_turns(spec, text, rec)

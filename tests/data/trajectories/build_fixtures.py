@@ -959,6 +959,43 @@ RECORDS = [
                    "ACTION": ["\"query\": \"Lyon population\"", "finish"],
                    "OBSERVATION": ["Lyon has 522,000 inhabitants."]},
     },
+    {
+        "name": "react_notebook_episode_output",
+        "convention": "The ReAct notebooks' printed episode: the trajectory, the wrapper's "
+                      "`Episode finished, reward = 1` observation, the info dict, a tally line and a "
+                      "dashed separator",
+        "format": "react",
+        "trajectory": "Question: Is the Danube longer than the Rhine?\n"
+                      "Thought 1: I should compare their lengths.\nAction 1: Search[Danube]\n"
+                      "Observation 1: The Danube is 2,850 km long.\n"
+                      "Thought 2: The Rhine is about 1,230 km, so yes.\nAction 2: Finish[yes]\n"
+                      "Observation 2: Episode finished, reward = 1\n\n"
+                      "{'steps': 2, 'answer': 'yes', 'gt_answer': 'yes', 'question_idx': 412, 'reward': True, "
+                      "'em': True, 'f1': 1.0}\n1 1 1.0 4.2\n-----------\n",
+        "expect": {"PROMPT": ["Is the Danube longer than the Rhine?"],
+                   "REASONING": ["I should compare their lengths.", "The Rhine is about 1,230 km, so yes."],
+                   "ACTION": ["Search[Danube]", "Finish[yes]"],
+                   "OBSERVATION": ["The Danube is 2,850 km long."],
+                   "OTHER": ["Observation 2: Episode finished, reward = 1", "'gt_answer': 'yes'", "1 1 1.0 4.2",
+                             "-----------"]},
+    },
+    {
+        "name": "reflexion_alfworld_trial_log",
+        "convention": "A Reflexion ALFWorld trial log: `#####` banners, `Environment #0:` and `Trial #1:` "
+                      "headers, the memory of the earlier trial in the prompt, STATUS",
+        "format": "alfworld",
+        "trajectory": "#####################################\nEnvironment #0:\nTrial #1:\n"
+                      "Your memory for the task below:\nTrial 0:\nI looked in the drawer before the desk; "
+                      "the key was on the desk.\nHere is the task:\n"
+                      "You are in the middle of a room. You see a desk 1 and a drawer 1.\n"
+                      "Your task is to: take the key.\n> go to desk 1\nOn the desk 1, you see a key 1.\n"
+                      "> take key 1 from desk 1\nYou pick up the key 1 from the desk 1.\nSTATUS: OK\n"
+                      "#####################################\n",
+        "expect": {"PROMPT": ["I looked in the drawer before the desk; the key was on the desk.", "take the key."],
+                   "ACTION": ["> go to desk 1", "> take key 1 from desk 1"],
+                   "OBSERVATION": ["On the desk 1, you see a key 1.", "You pick up the key 1 from the desk 1."],
+                   "OTHER": ["Environment #0:", "Trial #1:", "STATUS: OK", "#####################################"]},
+    },
 ]
 
 
