@@ -255,7 +255,8 @@ SPECS = {
         "roles": {"User": "prompt", "Assistant": "agent"}},
         other=["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
     "plain": _turn_layout("plain", "USER:/ASSISTANT:, Human:/Assistant:, ### Instruction:/### Response:", {
-        "header": (r"(?:(?<![^\n])|(?<=</s>)|(?<=[ \t])(?=[A-Z]{4,9}:))"
+        "header": (r"(?:(?<![^\n])|(?<=</s>)|(?<=<s>)|(?<=<\|begin_of_text\|>)|(?<=<\|endoftext\|>)"
+                   r"|(?<=[ \t])(?=[A-Z]{4,9}:))"
                    r"(?P<role>USER|ASSISTANT|SYSTEM|FUNCTION RESPONSE|Human|Assistant|User|System|"
                    r"###[ \t]*(?:Instruction|Input|Response|Human|Assistant))[ \t]*:[ \t]?"),
         "preamble": "prompt",
@@ -339,6 +340,7 @@ _LANGCHAIN = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*>?[ \t]*(?:Entering new [^\n
                         re.MULTILINE)
 _CREWAI = re.compile(r"^[ \t]*(?:\x1b\[[0-9;]*m)*##[ \t]*(?:Thought|Using tool|Final Answer):", re.MULTILINE)
 _AUTOGEN = re.compile(r"^[A-Za-z][\w.-]* \(to [\w.-]+\):\n", re.MULTILINE)
+_THINK_FIRST = re.compile(r"\s*(?:<s>|<\|begin_of_text\|>|<｜begin▁of▁sentence｜>)?\s*<think>")
 _COMPLETION = re.compile(r"<think>|</think>|<tool_call>|^DISCUSSION[ \t]*$", re.MULTILINE)
 
 
@@ -360,7 +362,8 @@ def detect_text(text: str) -> str | None:
   ``<|im_start|>`` -> chatml; ``<|start_header_id|>`` -> llama3; ``<｜User｜>`` or
   ``<｜Assistant｜>`` -> deepseek; ``<start_of_turn>`` -> gemma; ``<|START_OF_TURN_TOKEN|>``
   -> cohere; ``<|start_of_role|>`` -> granite; ``<|assistant|>`` or
-  ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; a LangChain chain banner -> langchain; a CrewAI ``## Thought:`` /
+  ``<|user|>`` -> zephyr; ``[/INST]`` -> mistral; text that starts with ``<think>`` (after a BOS token) -> completion;
+  a LangChain chain banner -> langchain; a CrewAI ``## Thought:`` /
   ``## Using tool:`` / ``## Final Answer:`` line -> crewai; AutoGen ``name (to name):``
   headers -> autogen; an
   ``ASSISTANT:`` / ``Assistant:`` turn header -> plain; a ``Thought:``/``Code:``
@@ -384,6 +387,8 @@ def detect_text(text: str) -> str | None:
     return "zephyr"
   if "[/INST]" in text:
     return "mistral"
+  if _THINK_FIRST.match(text):
+    return "completion"
   if _LANGCHAIN.search(text):
     return "langchain"
   if _CREWAI.search(text):

@@ -996,6 +996,24 @@ RECORDS = [
                    "OBSERVATION": ["On the desk 1, you see a key 1.", "You pick up the key 1 from the desk 1."],
                    "OTHER": ["Environment #0:", "Trial #1:", "STATUS: OK", "#####################################"]},
     },
+    {
+        "name": "plain_after_bos_token",
+        "convention": "A Vicuna-style conversation rendered with its BOS token: <s>USER: ... ASSISTANT: ...</s>",
+        "format": "plain",
+        "trajectory": "<s>USER: Spell 'cat' backwards. ASSISTANT: tac</s>",
+        "expect": {"PROMPT": ["Spell 'cat' backwards."], "ACTION": ["tac"], "OTHER": ["<s>USER:", "</s>"]},
+    },
+    {
+        "name": "completion_think_then_react_steps",
+        "convention": "A raw completion that opens with <think> and then writes ReAct steps",
+        "format": "completion",
+        "trajectory": "<think>\nThe user wants the boiling point of water at sea level; I will look it up.\n</think>\n"
+                      "Action: lookup[boiling point of water]\nObservation: 100 degrees Celsius at 1 atm.\n"
+                      "Final Answer: 100 C\n",
+        "expect": {"REASONING": ["I will look it up."],
+                   "ACTION": ["lookup[boiling point of water]", "Final Answer: 100 C"],
+                   "OBSERVATION": ["100 degrees Celsius at 1 atm."]},
+    },
 ]
 
 
