@@ -37,17 +37,25 @@ turns), scanned line by line:
    the type of the piece before it (of the one after it at the region start).
 
 Turn roles map names to kinds; the name ``"*"`` is the kind of every other
-role (AutoGen's agent names). A prompt-role turn after the first agent turn whose content matches an
-``observation_turns`` pattern is an observation (ReAct-in-chat ``Observation:``
+role (AutoGen's agent names). A prompt-role turn after the first agent turn
+whose content matches an ``observation_turns`` pattern is an observation (ReAct-in-chat ``Observation:``
 user turns, SWE-agent and OpenHands environment replies); an agent turn
 followed by an observation is *acting*, which enables tags marked ``acting``
 (a fenced command is an action only when the environment answered it).
 
+Also: an agent turn that is one JSON object is typed key by key (``json_keys``);
+in layouts without turns, few-shot examples before an ``examples_end`` line, or
+before the last new ``last_task`` line, are prompt, and observations before the
+agent's first span are the task. The next prompt-role turn after an agent turn
+whose last explicit action is not ``final`` (``Action: search[...]``, a tool
+call; not ``Final Answer:``) is the environment's reply. The full field list is
+:class:`FormatSpec`'s, and the table in ``docs/trajectories.md``.
+
 Malformed (``TrajectoryError`` when strict, a warning otherwise): an unclosed
-tag (runs to the end of the region), an empty line marker that must not be
-empty, an unknown role (content ``OTHER``), a turn without its end token,
-non-space text outside the turns, a tool call that is not JSON with a
-``"name"``, and no reasoning or action span at all.
+tag (runs to the end of the region), an empty marker block that must not be
+empty (``nonempty``), an unknown role (content ``OTHER``), a turn without its end token,
+non-space text outside the turns, a tool call that is not a JSON object (or
+Python dict literal) with a ``"name"``, and no reasoning or action span at all.
 """
 from __future__ import annotations
 
