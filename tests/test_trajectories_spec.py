@@ -206,3 +206,27 @@ def test_fuzz_read_jsonl_lenient_never_raises(payload, key, fmt, extra):
   for rec in tj.read_jsonl([json.dumps(record)], format=fmt, strict=False, report=report):
     assert isinstance(rec.segmented, tj.Segmented)
   assert report.lines == report.ok + report.recovered + report.flagged + report.malformed == 1
+
+
+def test_every_layout_is_linear_on_adversarial_input():
+  import time
+  big = {
+      "plain": "USER: x ASSISTANT: " * 2500 + "Thought: " * 2500,
+      "deepseek": "<｜User｜>" * 5000 + "<｜Assistant｜>" + "<think>" * 5000,
+      "autogen": "bot (to user):\n" * 5000,
+      "react": "Question: a\n" * 5000 + "Question: b\nThought: x\nAction: y\n",
+      "alfworld": "Your task is to: a\n" * 5000 + "> go\n",
+      "completion": "{" + '"thoughts": 1, ' * 5000 + '"command": 2}',
+      "mistral": "[INST]" * 5000 + "[/INST]" + "[TOOL_CALLS]" * 2500,
+      "crewai": "## Thought: x\n" * 5000,
+  }
+  for fmt, text in big.items():
+    t0 = time.perf_counter()
+    tj.segment(text, format=fmt, strict=False)
+    assert time.perf_counter() - t0 < 2.0, fmt
+  messages = [{"role": "user", "content": "q"}] + [
+      {"role": "assistant", "content": "Action: a[]"}, {"role": "user", "content": "obs"}] * 1500
+  t0 = time.perf_counter()
+  seg = tj.segment(messages)
+  assert time.perf_counter() - t0 < 2.0
+  assert len(seg.texts(O)) == 1500  # every reply to an explicit action is an observation
