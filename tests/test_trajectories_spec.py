@@ -3,6 +3,7 @@ never-silently-wrong contract: coverage, flagged records, strict rejections."""
 from __future__ import annotations
 
 import json
+import time
 
 import hypothesis
 from hypothesis import strategies as st
@@ -209,7 +210,6 @@ def test_fuzz_read_jsonl_lenient_never_raises(payload, key, fmt, extra):
 
 
 def test_every_layout_is_linear_on_adversarial_input():
-  import time
   big = {
       "plain": "USER: x ASSISTANT: " * 2500 + "Thought: " * 2500,
       "deepseek": "<｜User｜>" * 5000 + "<｜Assistant｜>" + "<think>" * 5000,

@@ -133,6 +133,8 @@ def conversation(trajectory, schema: str, rec: Recovery) -> schemas.Conversation
 
 def _kind(spec, m: Message, state: dict, body: str) -> str:
   """The message's kind in context (system messages never become observations)."""
+  if m.kind == "observation" and m.role == "user" and spec_lib.task_turn(spec, m.content):
+    m.kind = "prompt"  # a turn list's later user turn that states a task
   kind = m.kind if m.role == "system" else spec_lib.next_kind(spec, m.kind, m.content, state)
   if kind == "agent":
     state["reply"] = spec_lib.expects_reply(spec, body, 0, len(body))

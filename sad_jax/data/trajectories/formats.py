@@ -173,6 +173,12 @@ OBSERVATION_TURNS = (
     r"(?s).*\(Open file:[^\n]*\)[ \t]*\n\(Current directory:",
 )
 
+#: A user turn that starts like this is a (new) task, never the environment's reply.
+TASK_TURNS = (
+    r"(?i:here is (?:your|the) (?:new |next )?(?:task|question)|now,? here is|your (?:new |next )?task is"
+    r"|new (?:task|question)[ \t]*:|task[ \t]*:|question[ \t]*:)",
+)
+
 _CHAT_ROLES = {"system": "prompt", "developer": "prompt", "user": "prompt", "assistant": "agent",
                "tool": "observation", "function": "observation", "ipython": "observation",
                "observation": "observation"}
@@ -183,7 +189,8 @@ def _turn_layout(name, description, turns, other=()):
           "markers": list(AGENT_MARKERS),
           "prompt_tags": [{"open": "<tool_response>", "close": "</tool_response>",
                            "type": "observation"}],
-          "observation_turns": list(OBSERVATION_TURNS), "other": [*other, _ANSI], "json_keys": JSON_KEYS}
+          "observation_turns": list(OBSERVATION_TURNS), "task_turns": list(TASK_TURNS),
+          "other": [*other, _ANSI], "json_keys": JSON_KEYS}
 
 
 _BOS = [r"<s>", r"</s>", r"<\|begin_of_text\|>", r"<\|endoftext\|>", "<｜begin▁of▁sentence｜>",

@@ -78,8 +78,8 @@ TYPE_NAMES = {"prompt": SpanType.PROMPT, "reasoning": SpanType.REASONING,
               "action": SpanType.ACTION, "observation": SpanType.OBSERVATION,
               "other": SpanType.OTHER, "agent": AGENT}
 KINDS = ("prompt", "agent", "observation", "other")
-_LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "harness", "other",
-                "examples_end")
+_LIST_FIELDS = ("markers", "tags", "prompt_tags", "observation_turns", "task_turns", "harness",
+                "other", "examples_end")
 _FIELDS = ("name", "description", "extends", "start", "turns", "default_harness",
            "require_agent", "json_keys", "last_task", *_LIST_FIELDS)
 _STEP_BREAK = (SpanType.PROMPT, SpanType.OBSERVATION, SpanType.OTHER)
@@ -225,6 +225,8 @@ class FormatSpec:
     markers, tags: rules inside agent regions (and everywhere without turns).
     prompt_tags: tags recognised inside prompt turns.
     observation_turns: patterns that make a later prompt-role turn an observation.
+    task_turns: patterns that keep a prompt-role turn the prompt although it
+      follows the agent (``Here is your task.`` after an agent's ``OK.``).
     harness: whole-line patterns that are ``OTHER``.
     other: inline ``OTHER`` pattern (None: none).
     require_agent: the error when no reasoning or action span is found.
@@ -249,6 +251,7 @@ class FormatSpec:
   tags: tuple[Tag, ...]
   prompt_tags: tuple[Tag, ...]
   observation_turns: tuple[re.Pattern, ...]
+  task_turns: tuple[re.Pattern, ...]
   harness: tuple[re.Pattern, ...]
   other: re.Pattern | None
   require_agent: str
@@ -293,6 +296,7 @@ class FormatSpec:
                           for i, t in enumerate(lists["prompt_tags"])),
         observation_turns=tuple(_regex(p, f"observation_turns[{i}]")
                                 for i, p in enumerate(lists["observation_turns"])),
+        task_turns=tuple(_regex(p, f"task_turns[{i}]") for i, p in enumerate(lists["task_turns"])),
         harness=tuple(_regex(p, f"harness[{i}]") for i, p in enumerate(harness)),
         other=re.compile("|".join(f"(?:{p})" for p in other), re.MULTILINE) if other else None,
         require_agent=str(d.get("require_agent") or "no reasoning or action span found"),
@@ -589,6 +593,12 @@ def observation_turn(spec: FormatSpec, content: str) -> bool:
   return any(p.match(body) for p in spec.observation_turns)
 
 
+def task_turn(spec: FormatSpec, content: str) -> bool:
+  """Whether a prompt-role turn's content starts like a (new) task for the agent."""
+  body = content.lstrip()
+  return any(p.match(body) for p in spec.task_turns)
+
+
 def expects_reply(spec: FormatSpec, text: str, start: int, end: int) -> bool:
   """Whether an agent turn ends with an explicit action the environment answers.
 
@@ -608,9 +618,9 @@ def next_kind(spec: FormatSpec, kind: str, content: str, state: dict) -> str:
   A prompt-role turn after the first agent turn is an observation when it
   starts like one (``observation_turns``) or when the agent turn before it
   expects a reply (:func:`expects_reply`, recorded by the caller in
-  ``state["reply"]``).
+  ``state["reply"]``), unless it starts like a task (``task_turns``).
   """
-  if kind == "prompt" and state.get("seen_agent") and (
+  if kind == "prompt" and state.get("seen_agent") and not task_turn(spec, content) and (
       state.get("reply") or observation_turn(spec, content)):
     kind = "observation"
   state["seen_agent"] = state.get("seen_agent", False) or kind == "agent"

@@ -1014,6 +1014,23 @@ RECORDS = [
                    "ACTION": ["lookup[boiling point of water]", "Final Answer: 100 C"],
                    "OBSERVATION": ["100 degrees Celsius at 1 atm."]},
     },
+    {
+        "name": "agentbench_turns_with_acknowledgement",
+        "convention": "An AgentBench-style turn list that starts with the instructions, the agent's `OK.`, "
+                      "then `Here is your task.` (a prompt, not an observation) and the episode",
+        "format": "turns",
+        "trajectory": [
+            "You are an agent in a text household. Answer with THOUGHT: and ACTION: lines.",
+            "OK.",
+            "Here is your task. You are in a kitchen with a fridge 1.\nYour task is to: find an egg.",
+            "THOUGHT: Eggs are kept cold.\nACTION: open fridge 1",
+            "You open the fridge 1. In it, you see an egg 1.",
+        ],
+        "expect": {"PROMPT": ["Here is your task. You are in a kitchen", "Your task is to: find an egg."],
+                   "REASONING": ["Eggs are kept cold."],
+                   "ACTION": ["open fridge 1", "OK."],
+                   "OBSERVATION": ["In it, you see an egg 1."]},
+    },
 ]
 
 
