@@ -39,7 +39,8 @@
                ``## Final Answer:``.
 ``langchain``  AgentExecutor verbose logs: ``> Entering new ... chain...`` then an
                unlabelled first thought, ``Action:`` / ``Action Input:`` /
-               ``Observation:`` / ``Thought:`` / ``Final Answer:``, ANSI colour
+               ``Observation:`` / ``Thought:`` / ``Final Answer:``, ``Invoking:``
+               tool calls; a tool's output in its colour is the observation, ANSI
                codes and ``> Finished chain.`` are ``OTHER``.
 ``completion`` A bare model output: ``<think>...</think>`` then the answer or
                tool calls, no turns.
@@ -327,6 +328,9 @@ SPECS = {
             {"match": r"Invoking:", "type": "action", "scope": "line", "next": "observation"},
             {"match": r"Observation" + _N, "type": "observation"},
         ],
+        # verbose=True colours each tool's output in the tool's colour (the agent's text is green).
+        "tags": [{"open": r"\x1b\[(?:36;1|33;1|38;5;200|31;1)m\x1b\[1;3m", "close": r"\x1b\[0m", "regex": True,
+                  "type": "observation", "after": "agent", "name": "coloured tool output"}],
         "other": [_ANSI],
         "require_agent": "no thought or action found in the LangChain log",
     },

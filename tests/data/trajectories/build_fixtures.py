@@ -1031,6 +1031,19 @@ RECORDS = [
                    "ACTION": ["open fridge 1", "OK."],
                    "OBSERVATION": ["In it, you see an egg 1."]},
     },
+    {
+        "name": "langchain_functions_agent_log",
+        "convention": "LangChain tool-calling AgentExecutor verbose output: `Invoking: `tool` with `{...}``, "
+                      "the tool's output in its colour, then the answer in green on the same line",
+        "format": "langchain",
+        "trajectory": f"\n\n{E}[1m> Entering new AgentExecutor chain...{E}[0m\n{E}[32;1m{E}[1;3m\n"
+                      f"Invoking: `weather_search` with `{{'city': 'Oslo'}}`\n\n\n{E}[0m"
+                      f"{E}[36;1m{E}[1;3m[{{'city': 'Oslo', 'sky': 'snow', 'c': -3}}]{E}[0m"
+                      f"{E}[32;1m{E}[1;3mIt is snowing in Oslo at -3 C.{E}[0m\n\n{E}[1m> Finished chain.{E}[0m\n",
+        "expect": {"ACTION": ["Invoking: `weather_search` with `{'city': 'Oslo'}`", "It is snowing in Oslo at -3 C."],
+                   "OBSERVATION": ["[{'city': 'Oslo', 'sky': 'snow', 'c': -3}]"],
+                   "OTHER": ["> Entering new AgentExecutor chain...", "> Finished chain."]},
+    },
 ]
 
 
