@@ -673,10 +673,9 @@ def segment_text(spec: FormatSpec, text: str, strict: bool = True) -> Segmented:
   """Segments ``text`` with ``spec`` (rules in the module docstring)."""
   rec = Recovery(text, strict)
   if spec.turns is None:
-    base = spec.start
     begin = _examples_end(spec, text)
     pieces = scan(spec, text, 0, begin, SpanType.PROMPT, rec, agent=False)  # few-shot examples
-    pieces += _task_before_first_act(scan(spec, text, begin, len(text), base, rec, agent=True))
+    pieces += _task_before_first_act(scan(spec, text, begin, len(text), spec.start, rec, agent=True))
   else:
     pieces = _segment_turns(spec, text, rec)
   seg = build(text, pieces, spec.other, spec.name, rec.warnings)
