@@ -1,7 +1,6 @@
 """Token alignment: the first-non-whitespace rule, real byte-level BPE, random splits."""
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -29,9 +28,6 @@ def reference_span_ids(seg: tj.Segmented, offsets) -> list[int]:
   return out
 
 
-def samples(shared_dir):
-  with open(shared_dir / "trajectories" / "samples.jsonl") as f:
-    return [json.loads(line) for line in f]
 
 
 def test_first_non_whitespace_rule():
@@ -48,8 +44,8 @@ def test_first_non_whitespace_rule():
 
 @hypothesis.settings(max_examples=60, deadline=None)
 @hypothesis.given(data=st.data())
-def test_random_offset_splits_match_reference(shared_dir, data):
-  rec = data.draw(st.sampled_from(samples(shared_dir)))
+def test_random_offset_splits_match_reference(trajectory_fixtures, data):
+  rec = data.draw(st.sampled_from(trajectory_fixtures))
   seg = tj.segment(rec["trajectory"])
   n = len(seg.text)
   cuts = sorted(set(data.draw(st.lists(st.integers(0, n), max_size=60)) + [0, n]))
@@ -61,7 +57,7 @@ def test_random_offset_splits_match_reference(shared_dir, data):
 
 
 @pytest.fixture(scope="module")
-def bpe(shared_dir):
+def bpe(trajectory_fixtures):
   tokenizers = pytest.importorskip("tokenizers")
   from tokenizers import decoders, models, pre_tokenizers, trainers
   tok = tokenizers.Tokenizer(models.BPE())
@@ -70,13 +66,13 @@ def bpe(shared_dir):
   trainer = trainers.BpeTrainer(
       vocab_size=400, special_tokens=["<|im_start|>", "<|im_end|>"],
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  corpus = [tj.segment(r["trajectory"]).text for r in samples(shared_dir)]
+  corpus = [tj.segment(r["trajectory"]).text for r in trajectory_fixtures]
   tok.train_from_iterator(corpus * 3, trainer)
   return tok
 
 
-def test_byte_level_bpe_alignment(shared_dir, bpe):
-  for rec in samples(shared_dir) + [{"trajectory": "Thought: café ☕ — naïve 数据\nAction: go[é]\n"}]:
+def test_byte_level_bpe_alignment(trajectory_fixtures, bpe):
+  for rec in trajectory_fixtures + [{"trajectory": "Thought: café ☕ — naïve 数据\nAction: go[é]\n"}]:
     seg = tj.segment(rec["trajectory"])
     out = tj.tokenize(seg, bpe)
     assert out.ids.shape == out.span_ids.shape == (len(out.offsets),) and len(out.ids) > 10
@@ -91,7 +87,7 @@ def test_byte_level_bpe_alignment(shared_dir, bpe):
         inside = [k for k, (s, e) in enumerate(out.offsets) if lo <= s and e <= lo + len(sub)
                   and seg.text[s:e].strip()]
         assert inside and all(out.span_ids[k] == SpanType[type_name] for k in inside), sub
-  chatml = tj.segment(next(r for r in samples(shared_dir) if r["format"] == "chatml")["trajectory"])
+  chatml = tj.segment(next(r for r in trajectory_fixtures if r["format"] == "chatml")["trajectory"])
   out = tj.tokenize(chatml, bpe)
   special = out.ids == bpe.token_to_id("<|im_start|>")
   assert special.sum() == chatml.text.count("<|im_start|>")
@@ -129,7 +125,7 @@ def test_alignment_errors_name_the_argument():
     tj.token_span_ids(seg, [(0, 3), (3, 99)])
   with pytest.raises(ValueError, match="offsets must be a sequence of"):
     tj.token_span_ids(seg, [0, 1, 2])
-  with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer or a callable"):
+  with pytest.raises(TypeError, match="tokenizer must be a tokenizers.Tokenizer, a tiktoken.Encoding or a callable"):
     tj.tokenize(seg, 42)
   with pytest.raises(ValueError, match="must return \\(ids, offsets\\)"):
     tj.tokenize(seg, lambda text: [1, 2])

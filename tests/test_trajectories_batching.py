@@ -81,22 +81,22 @@ def test_batch_errors_name_the_argument():
     tj.batch([np.arange(3)], 4)
 
 
-def test_end_to_end_jsonl_to_batch(shared_dir):
+def test_end_to_end_jsonl_to_batch(conventions_path):
   def chars(text):  # one token per character
     return [ord(c) for c in text], [(i, i + 1) for i in range(len(text))]
 
-  records = list(tj.read_jsonl(shared_dir / "trajectories" / "samples.jsonl"))
+  records = list(tj.read_jsonl(conventions_path))
   examples = [tj.tokenize(r.segmented, chars) for r in records]
-  b = tj.pack(examples, seq_len=1024)
-  assert b.tokens.shape[1] == 1024 and b.truncated.sum() == 0
+  b = tj.pack(examples, seq_len=2048)
+  assert b.tokens.shape[1] == 2048 and b.truncated.sum() == 0
   first = records[0].segmented
   types = first.char_types()
   n = len(first.text)
   assert b.span_ids[0, :n - 1].tolist() == types[1:].tolist()  # the shift, on real data
 
 
-def test_read_jsonl_counts_malformed_lines(tmp_path, shared_dir):
-  good = (shared_dir / "trajectories" / "samples.jsonl").read_text().splitlines()
+def test_read_jsonl_counts_malformed_lines(tmp_path, conventions_path):
+  good = conventions_path.read_text(encoding="utf-8").splitlines()[:5]
   lines = good[:2] + [
       "{not json", "", "[1, 2]", '{"format": "react"}', '{"trajectory": "x", "format": "yaml"}',
       '{"trajectory": "Thought: a\\nAction 1:\\n", "format": "react", "id": "empty-action"}',
@@ -112,10 +112,13 @@ def test_read_jsonl_counts_malformed_lines(tmp_path, shared_dir):
   assert [n for n, _ in report.errors] == [3, 5, 6, 7, 8, 9, 13]
   assert "invalid JSON" in report.errors[0][1] and "empty action" in report.errors[4][1]
   assert "invalid UTF-8" in report.errors[-1][1]
-  assert "12 lines: 5 ok, 7 malformed" in str(report)
-  recovered = list(tj.read_jsonl(lines, strict=False, format=None))
+  assert "12 lines: 5 ok, 0 recovered, 0 flagged, 7 malformed" in str(report)
+  # Lenient: the empty action is recovered (yielded, counted apart from ok).
+  report = tj.ReadReport()
+  recovered = list(tj.read_jsonl(lines, strict=False, format=None, report=report))
   assert len(recovered) == 6 and recovered[2].segmented.warnings
-  with pytest.raises(ValueError, match="format must be None or one of"):
+  assert (report.ok, report.recovered, report.flagged) == (5, 1, 0)
+  with pytest.raises(ValueError, match="format must be None, a format spec or one of"):
     next(tj.read_jsonl(lines, format="yaml"))
 
 

@@ -1,11 +1,13 @@
 """Command line: look at trajectories the way the loss will see them.
 
-  python -m sad_jax.data.trajectories inspect FILE.jsonl [--format F] [--tokenizer tokenizer.json]
-  python -m sad_jax.data.trajectories stats FILE.jsonl [--format F] [--tokenizer tokenizer.json]
+  python -m sad_jax.data.trajectories inspect FILE.jsonl [--format F | --spec SPEC.yaml] [--tokenizer tokenizer.json]
+  python -m sad_jax.data.trajectories stats FILE.jsonl [--format F | --spec SPEC.yaml] [--tokenizer tokenizer.json]
 
-``inspect`` prints each trajectory with its spans coloured by type (and, with a
-tokenizer, one line per run of same-type tokens); ``stats`` prints a table of
-span fractions, lengths and complexity per format, and the malformed lines.
+``inspect`` prints each trajectory with its format, its coverage (characters
+per span type), why it is flagged if it is, and its spans coloured by type (and,
+with a tokenizer, one line per run of same-type tokens); ``stats`` prints a
+table of span fractions, lengths and complexity per format. Both end with the
+read report: ok, recovered, flagged (with reasons) and malformed lines.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from sad_jax.data.trajectories import display
 from sad_jax.data.trajectories.align import tokenize
 from sad_jax.data.trajectories.io import ReadReport, read_jsonl
 from sad_jax.data.trajectories.segment import FORMATS
+from sad_jax.data.trajectories.spec import load_spec
 from sad_jax.data.trajectories.stats import complexity_from_counts, span_char_counts, span_token_counts
 
 
@@ -34,9 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSONL (or .jsonl.gz) of trajectories, one per line")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="override each record's format (default: the record's, else auto)")
+    p.add_argument("--spec", help="a YAML format spec (see sad_jax.data.trajectories.spec) for every record")
     p.add_argument("--tokenizer", help="a Hugging Face tokenizer.json: count and show tokens")
     p.add_argument("--chat-template", help="file with a Jinja2 chat template for chat records")
-    p.add_argument("--non-strict", action="store_true", help="recover from malformed trajectories")
+    p.add_argument("--non-strict", action="store_true",
+                   help="recover from malformed trajectories and show the flagged ones")
+    p.add_argument("--max-other", type=float, default=0.9,
+                   help="flag records with more than this fraction of OTHER characters")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     if name == "inspect":
       p.add_argument("--limit", type=int, default=10, help="at most this many trajectories (0: all)")
@@ -55,7 +62,9 @@ def _records(args, report: ReadReport):
   if args.chat_template:
     with open(args.chat_template) as f:
       kwargs["chat_template"] = f.read()
-  return read_jsonl(args.file, format=args.format, strict=not args.non_strict, report=report, **kwargs)
+  fmt = load_spec(args.spec) if args.spec else args.format
+  return read_jsonl(args.file, format=fmt, strict=not args.non_strict, report=report,
+                    max_other=args.max_other, **kwargs)
 
 
 def _inspect(args, out, color: bool) -> None:
@@ -67,11 +76,12 @@ def _inspect(args, out, color: bool) -> None:
   print(display.legend(color), file=out)
   for rec in records:
     seg = rec.segmented
-    counts = span_char_counts(seg)
-    summary = "  ".join(f"{t.name.lower()}={counts[t]}" for t in SpanType if counts[t])
+    summary = "  ".join(f"{name}={n}" for name, n in seg.coverage.items() if n)
     print(f"\n── {rec.id} (line {rec.line})  format={seg.format}  chars: {summary}", file=out)
     for warning in seg.warnings:
-      print(f"   recovered: {warning}", file=out)
+      print(f"   warning: {warning}", file=out)
+    for issue in seg.issues(args.max_other):
+      print(f"   flagged: {issue}", file=out)
     print(display.render_spans(seg, color), file=out)
     if tokenizer is not None:
       tok = tokenize(seg, tokenizer)
@@ -122,7 +132,7 @@ def main(argv=None, out=None) -> int:
       _inspect(args, out, color)
     else:
       _stats(args, out)
-  except OSError as e:
+  except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

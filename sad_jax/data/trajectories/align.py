@@ -71,9 +71,37 @@ def token_span_ids(segmented: Segmented, offsets: Sequence[tuple[int, int]] | np
   return char_types[pick].astype(np.int32)
 
 
+def tiktoken_offsets(text: str, ids: Sequence[int], encoding: Any) -> np.ndarray:
+  """Character ``(start, end)`` of each token of a ``tiktoken.Encoding``, from its bytes.
+
+  A token that starts or ends inside a multi-byte character covers the whole
+  character (so neighbouring byte-level tokens may overlap by one character,
+  as Hugging Face byte-level offsets do).
+
+  Raises:
+    ValueError: the tokens' bytes do not spell ``text`` in UTF-8.
+  """
+  lengths = np.array([len(encoding.decode_single_token_bytes(int(i))) for i in ids], np.int64)
+  codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+  nbytes = 1 + (codes >= 0x80) + (codes >= 0x800) + (codes >= 0x10000)
+  char_of_byte = np.repeat(np.arange(len(text)), nbytes)
+  if int(lengths.sum()) != char_of_byte.size:
+    raise ValueError(f"tiktoken tokens decode to {int(lengths.sum())} bytes but the text has "
+                     f"{char_of_byte.size} UTF-8 bytes (was the text normalized?)")
+  ends = np.cumsum(lengths)
+  starts = ends - lengths
+  char_of_byte = np.append(char_of_byte, len(text))
+  c0 = char_of_byte[starts]
+  c1 = np.where(lengths > 0, char_of_byte[np.maximum(ends - 1, 0)] + 1, c0)
+  return np.stack([c0, c1], axis=1) if len(ids) else np.zeros((0, 2), np.int64)
+
+
 def _encode(text: str, tokenizer: Any, add_special_tokens: bool):
   if hasattr(tokenizer, "backend_tokenizer"):  # transformers' fast tokenizers
     tokenizer = tokenizer.backend_tokenizer
+  if hasattr(tokenizer, "decode_single_token_bytes") and hasattr(tokenizer, "encode_ordinary"):
+    ids = tokenizer.encode(text, allowed_special="all")  # a tiktoken.Encoding
+    return ids, tiktoken_offsets(text, ids, tokenizer)
   if hasattr(tokenizer, "encode") and hasattr(tokenizer, "get_vocab_size"):
     enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     return enc.ids, enc.offsets
@@ -84,7 +112,8 @@ def _encode(text: str, tokenizer: Any, add_special_tokens: bool):
           f"tokenizer callable must return (ids, offsets), got {type(out).__name__}")
     return out
   raise TypeError(
-      "tokenizer must be a tokenizers.Tokenizer or a callable text -> (ids, offsets), "
+      "tokenizer must be a tokenizers.Tokenizer, a tiktoken.Encoding or a callable "
+      "text -> (ids, offsets), "
       f"got {type(tokenizer).__name__}")
 
 
@@ -97,9 +126,12 @@ def tokenize(segmented: Segmented,
     segmented: output of :func:`~sad_jax.data.trajectories.segment`.
     tokenizer: a Hugging Face ``tokenizers.Tokenizer`` (or a ``transformers``
       fast tokenizer: its ``backend_tokenizer`` is used; character offsets come
-      from the encoding), or any callable ``text -> (ids [T], offsets [T, 2])``.
+      from the encoding); a ``tiktoken.Encoding`` (special tokens written in the
+      text, such as ``<|im_start|>``, are encoded as special tokens; offsets come
+      from each token's bytes, :func:`tiktoken_offsets`); or any callable
+      ``text -> (ids [T], offsets [T, 2])``.
     add_special_tokens: passed to ``Tokenizer.encode`` (BOS/EOS from the
-      post-processor; they get span id ``OTHER``).
+      post-processor; they get span id ``OTHER``); tiktoken adds none.
 
   Returns:
     :class:`Tokenized` with ``ids [T]``, ``span_ids [T]``, ``offsets [T, 2]``.

@@ -1,23 +1,30 @@
-"""OpenAI-style chat messages, rendered to text with exact character spans.
+"""Chat messages rendered to text with exact character spans.
 
-A trajectory is a list of messages (or a dict with ``"messages"`` and optional
-``"tools"``). Each message has a ``role`` (``system``, ``developer``, ``user``,
-``assistant``, ``tool``) and a ``content`` that is a string, ``None`` or a list
-of ``{"type": "text", "text": ...}`` parts. Assistant messages may carry
-``tool_calls`` (``[{"function": {"name", "arguments"}}]``; ``arguments`` a JSON
-string or an object) and a ``reasoning_content`` string.
+A trajectory is a list of messages, or a dict with ``"messages"`` and optional
+``"tools"``, in any dialect :mod:`sad_jax.data.trajectories.schemas` normalizes
+(ShareGPT, content parts, Qwen-Agent, ms-swift roles, turn lists, SWE-agent
+steps). After normalization each message has a ``role`` (``system``,
+``developer``, ``user``, ``assistant``, ``tool``), a ``content`` string (or
+``None``), optional ``tool_calls`` (``[{"function": {"name", "arguments"}}]``;
+``arguments`` a JSON string or an object) and ``reasoning_content``.
 
-Labels: system/developer/user content is ``PROMPT``; tool content is
-``OBSERVATION``; in assistant content ``<think>...</think>`` and
-``reasoning_content`` are ``REASONING``; the rest of the content and the tool
-calls are ``ACTION``.
+Labels: system/developer/user content is ``PROMPT`` (a ``<tool_response>``
+block in it is ``OBSERVATION``); tool content, and a user message the schema
+marks as the environment's reply or that starts like one after the first
+assistant message (``Observation:``, ``OBSERVATION:``, ...), is
+``OBSERVATION``; assistant content follows the agent content rules of
+:mod:`sad_jax.data.trajectories.formats` (``<think>`` and ``reasoning_content``
+are ``REASONING``, tool calls ``ACTION``, prose before a tool call
+``REASONING``, the answer ``ACTION``).
 
 Rendering:
 
 * built-in (default): the Qwen2.5 / Hermes ChatML layout (without Qwen's
-  default system prompt); ``reasoning_content`` renders as a leading
-  ``<think>\\n...\\n</think>\\n\\n`` block. The result is exactly what
-  :func:`~sad_jax.data.trajectories.chatml.segment_chatml` gives for the rendered text.
+  default system prompt); ``tools`` render into the system prompt inside
+  ``<tools></tools>`` (one JSON schema a line), as Qwen2.5's and Hermes'
+  templates do; ``reasoning_content`` renders as a leading
+  ``<think>\\n...\\n</think>\\n\\n`` block. The result is what the ``chatml``
+  text format gives for the rendered text.
 * ``chat_template=`` a Jinja2 template string: see
   :mod:`sad_jax.data.trajectories.templates` (offsets stay exact; only characters
   copied from the messages are labelled, template text is ``OTHER``).
@@ -27,20 +34,22 @@ messages, or a message that is not an object (no recovery); an unknown role
 (rendered, content ``OTHER``); content of another type or a non-text part
 (dropped); a tool call without a name (empty name) or with arguments that are
 not a JSON object (rendered verbatim); an unclosed ``<think>`` (reasoning to the
-end of the message). ``position`` is the offset in the rendered text: of the
-tag for an unclosed ``<think>``, else of the start of the offending message
-(0 with ``chat_template``, where the reason names the message).
+end of the message); no assistant content at all. ``position`` is the offset
+in the rendered text: of the tag for an unclosed ``<think>``, else of the start
+of the offending message (0 for schema errors and with ``chat_template``, where
+the reason names the message).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from sad_jax.objective._spans import SpanType
-from sad_jax.data.trajectories import chatml
-from sad_jax.data.trajectories.segmented import Recovery, Segmented, SpanBuilder, TrajectoryError
+from sad_jax.data.trajectories import formats, schemas, spec as spec_lib
+from sad_jax.data.trajectories.segmented import Recovery, Segmented, TrajectoryError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLE_KINDS = {"system": "prompt", "developer": "prompt", "user": "prompt", "assistant": "agent",
+              "tool": "observation"}
 
 
 @dataclasses.dataclass
@@ -50,6 +59,7 @@ class Message:
   reasoning: str | None
   tool_calls: list  # [(name, arguments dict or raw str, original tool call dict)]
   extra: dict
+  kind: str  # prompt / agent / observation / other
 
 
 def _content(value, where: str, rec: Recovery, pos: int) -> str:
@@ -57,14 +67,6 @@ def _content(value, where: str, rec: Recovery, pos: int) -> str:
     return ""
   if isinstance(value, str):
     return value
-  if isinstance(value, list):
-    parts = []
-    for j, part in enumerate(value):
-      if isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
-        parts.append(part["text"])
-      else:
-        rec.fail(f"{where}[{j}] is not a text part", pos)
-    return "".join(parts)
   rec.fail(f"{where} must be a string, null or a list of text parts, got {type(value).__name__}", pos)
   return ""
 
@@ -98,7 +100,8 @@ def _tool_call(call, where: str, rec: Recovery, pos: int):
   return name, args, call
 
 
-def normalize_message(i: int, msg, rec: Recovery, pos: int) -> Message:
+def normalize_message(i: int, msg, rec: Recovery, pos: int, kind_hint: str | None = None) -> Message:
+  """One normalized message dict as a :class:`Message` (errors name ``messages[i]``)."""
   if not isinstance(msg, dict):
     raise TrajectoryError(f"messages[{i}] must be an object, got {type(msg).__name__}", pos)
   role = msg.get("role")
@@ -116,20 +119,40 @@ def normalize_message(i: int, msg, rec: Recovery, pos: int) -> Message:
     calls = []
   tool_calls = [_tool_call(c, f"messages[{i}].tool_calls[{j}]", rec, pos) for j, c in enumerate(calls)]
   extra = {k: v for k, v in msg.items() if k not in ("content", "tool_calls", "reasoning_content")}
-  return Message(role, content, reasoning, tool_calls, extra)
+  kind = kind_hint or ROLE_KINDS.get(role, "other")
+  return Message(role, content, reasoning, tool_calls, extra, kind)
 
 
-def split_messages(trajectory):
-  if isinstance(trajectory, dict) and "messages" in trajectory:
-    return trajectory["messages"], trajectory.get("tools")
-  return trajectory, None
+def conversation(trajectory, schema: str, rec: Recovery) -> schemas.Conversation:
+  """Normalizes ``trajectory`` (``schema`` one of :data:`schemas.SCHEMAS`), checking it is not empty."""
+  conv = schemas.normalize(trajectory, schema, rec)
+  if not conv.messages:
+    raise TrajectoryError("chat trajectory has no message with content", 0)
+  return conv
 
 
-def check_messages(messages) -> None:
-  if not isinstance(messages, (list, tuple)) or not messages:
-    raise TrajectoryError(
-        "chat trajectory must be a non-empty list of messages (or {'messages': [...]}), "
-        f"got {type(messages).__name__}{'' if messages else ' (empty)'}", 0)
+def _kind(spec, m: Message, state: dict, body: str) -> str:
+  """The message's kind in context (system messages never become observations)."""
+  if m.kind == "observation" and m.role == "user" and spec_lib.task_turn(spec, m.content):
+    m.kind = "prompt"  # a turn list's later user turn that states a task
+  kind = m.kind if m.role == "system" else spec_lib.next_kind(spec, m.kind, m.content, state)
+  if kind == "agent":
+    state["reply"] = spec_lib.expects_reply(spec, body, 0, len(body))
+  return kind
+
+
+def resolve_kinds(msgs: list[Message]) -> list[str]:
+  """Message kinds, with later user messages that are environment replies as observations."""
+  spec = formats.builtin("chatml")
+  state: dict = {}
+  return [_kind(spec, m, state, m.content) for m in msgs]
+
+
+def tools_section(tools) -> str:
+  """The system-prompt text that lists ``tools`` (Qwen2.5 / Hermes layout)."""
+  lines = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+  return ("\n\n# Tools\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
+          "<tools>\n" + lines + "\n</tools>")
 
 
 def _call_json(name: str, args) -> str:
@@ -137,12 +160,11 @@ def _call_json(name: str, args) -> str:
   return '{"name": "' + name + '", "arguments": ' + rendered + "}"
 
 
-def render_builtin(trajectory, strict: bool = True) -> Segmented:
+def render_builtin(trajectory, strict: bool = True, schema: str = "chat") -> Segmented:
   """Renders messages in the Qwen2.5 ChatML layout with exact spans."""
-  messages, _ = split_messages(trajectory)
-  check_messages(messages)
   rec = Recovery("", strict)
-  builder = SpanBuilder()
+  conv = conversation(trajectory, schema, rec)
+  spec = formats.builtin("chatml")
   parts: list[str] = []
   length = 0
 
@@ -152,37 +174,58 @@ def render_builtin(trajectory, strict: bool = True) -> Segmented:
     length += len(s)
     return length - len(s)
 
-  msgs = []
-  for i, raw in enumerate(messages):
-    msgs.append(normalize_message(i, raw, rec, length))
-    m = msgs[-1]
+  if conv.tools and not (conv.messages and isinstance(conv.messages[0], dict)
+                         and conv.messages[0].get("role") == "system"):
+    emit("<|im_start|>system\n")
+    start = emit(tools_section(conv.tools).lstrip("\n"))
+    regions = [(start, length, "prompt", -1)]
+    emit("<|im_end|>\n")
+  else:
+    regions = []
+  state: dict = {}
+  for i, raw in enumerate(conv.messages):
+    m = normalize_message(i, raw, rec, length, conv.kinds[i])
+    kind = _kind(spec, m, state, m.content)
+    nxt = conv.messages[i + 1] if i + 1 < len(conv.messages) else None
     if m.role == "tool":
-      first = i == 0 or msgs[i - 1].role != "tool"
-      if first:
+      if i == 0 or conv.messages[i - 1].get("role") != "tool":
         emit("<|im_start|>user\n")
+        start = length
       else:
-        builder.add(emit("\n"), length, SpanType.OBSERVATION)
-      builder.add(emit("<tool_response>\n" + m.content + "\n</tool_response>"), length,
-                  SpanType.OBSERVATION)
-      last = i + 1 == len(messages) or not (
-          isinstance(messages[i + 1], dict) and messages[i + 1].get("role") == "tool")
-      if last:
+        emit("\n")
+        start = regions.pop()[0]
+      wrapped = m.content.strip()
+      if wrapped.startswith("<tool_response>") and wrapped.endswith("</tool_response>"):
+        emit(m.content)  # already in the Hermes layout
+      else:
+        emit("<tool_response>\n" + m.content + "\n</tool_response>")
+      regions.append((start, length, "observation", i))
+      if not (isinstance(nxt, dict) and nxt.get("role") == "tool"):
         emit("<|im_end|>\n")
       continue
     emit(f"<|im_start|>{m.role}\n")
     body = m.content
+    if m.role == "system" and i == 0 and conv.tools:
+      body += tools_section(conv.tools)
     if m.role == "assistant":
       if m.reasoning is not None:
         body = "<think>\n" + m.reasoning.strip("\n") + "\n</think>\n\n" + body.lstrip("\n")
       for name, args, _ in m.tool_calls:
         body += ("\n" if body else "") + "<tool_call>\n" + _call_json(name, args) + "\n</tool_call>"
     start = emit(body)
-    if m.role in chatml.ROLES:
-      rec.text = "".join(parts)
-      try:
-        pieces = chatml.content_pieces(m.role, rec.text, start, length, rec)
-      except TrajectoryError as e:
-        raise TrajectoryError(f"messages[{i}]: {e.reason}", e.position, rec.text) from None
-      chatml.add_pieces(pieces, builder)
+    regions.append((start, length, kind, i))
     emit("<|im_end|>\n")
-  return builder.build("".join(parts), "chat", rec.warnings)
+  text = "".join(parts)
+  rec.text = text
+  pieces = []
+  acting_regions = spec_lib.acting_turns([r[2] for r in regions])
+  for (start, end, kind, i), acting in zip(regions, acting_regions):
+    try:
+      pieces += spec_lib.label_region(spec, text, start, end, kind, rec, acting)
+    except TrajectoryError as e:
+      raise TrajectoryError(f"messages[{i}]: {e.reason}", e.position, text) from None
+  seg = spec_lib.build(text, pieces, None, schema, rec.warnings)
+  if not spec_lib.has_agent_span(seg):
+    rec.fail("no assistant message with content (no reasoning or action span)", 0)
+    seg = dataclasses.replace(seg, warnings=tuple(rec.warnings))
+  return seg

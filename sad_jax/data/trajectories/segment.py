@@ -1,82 +1,77 @@
 """``segment()``: one entry point for every trajectory format, with detection."""
 from __future__ import annotations
 
-import re
+from collections.abc import Mapping
 from typing import Any
 
-from sad_jax.data.trajectories import alfworld, chat, chatml, codeact, react, templates
-from sad_jax.data.trajectories.segmented import Segmented, SpanBuilder, TrajectoryError
+from sad_jax.data.trajectories import chat, formats, schemas, spec as spec_lib, templates
+from sad_jax.data.trajectories.segmented import Segmented, TrajectoryError
 
-FORMATS = ("auto", "react", "alfworld", "chat", "chatml", "codeact")
-_TEXT_SEGMENTERS = {
-    "react": react.segment_react,
-    "alfworld": alfworld.segment_alfworld,
-    "chatml": chatml.segment_chatml,
-    "codeact": codeact.segment_codeact,
-}
-_CODE = re.compile(r"^[ \t]*(```(?:py|python)?|<code>)[ \t\r]*$|<end_code>", re.MULTILINE)
-_CODEACT_MARKER = re.compile(r"^(Thought|Code)[ \t]*:", re.MULTILINE)
-_REACT_MARKER = re.compile(r"^(Thought|Action)(?:[ \t]+\d+)?[ \t]*:", re.MULTILINE)
-_ALFWORLD_COMMAND = re.compile(r"^>", re.MULTILINE)
+#: Every format name ``segment`` accepts: ``auto``, the text layouts, the message schemas.
+FORMATS = ("auto",) + formats.TEXT_FORMATS + schemas.SCHEMAS
 
 
 def detect_format(trajectory: Any) -> str | None:
   """Guesses the format of a trajectory, or None when nothing fits.
 
-  Rules, first match wins: a list of messages (or a dict with ``"messages"``)
-  is ``chat``; text with ``<|im_start|>`` is ``chatml``; text with a
-  ``Thought:``/``Code:`` line and a code fence or ``<end_code>`` is ``codeact``;
-  text with a line-initial ``Thought[ n]:``/``Action[ n]:`` is ``react``; text
-  with a line starting with ``>`` is ``alfworld``.
+  Text: :func:`~sad_jax.data.trajectories.formats.detect_text` (chatml, llama3,
+  deepseek, langchain, plain, codeact, react, alfworld, completion, first
+  match wins). Anything else: :func:`~sad_jax.data.trajectories.schemas.detect_schema`
+  (a list of strings is ``turns``; ``from``/``value`` messages or
+  ``{"conversations": ...}`` are ``sharegpt``; SWE-agent steps or
+  ``{"history"|"trajectory": [...]}`` are ``swe-agent``; other lists and
+  ``{"messages": ...}`` are ``chat``).
   """
-  if isinstance(trajectory, (list, tuple)) or (
-      isinstance(trajectory, dict) and "messages" in trajectory):
-    return "chat"
-  if not isinstance(trajectory, str):
-    return None
-  if chatml.IM_START in trajectory:
-    return "chatml"
-  if _CODEACT_MARKER.search(trajectory) and _CODE.search(trajectory):
-    return "codeact"
-  if _REACT_MARKER.search(trajectory):
-    return "react"
-  if _ALFWORLD_COMMAND.search(trajectory):
-    return "alfworld"
+  if isinstance(trajectory, str):
+    return formats.detect_text(trajectory)
+  return schemas.detect_schema(trajectory)
+
+
+def _resolve_spec(format) -> spec_lib.FormatSpec | None:  # pylint: disable=redefined-builtin
+  if isinstance(format, spec_lib.FormatSpec):
+    return format
+  if isinstance(format, Mapping) or hasattr(format, "to_dict"):
+    return spec_lib.load_spec(format)
   return None
 
 
-def segment(trajectory: Any, *, format: str = "auto", strict: bool = True,  # pylint: disable=redefined-builtin
+def segment(trajectory: Any, *, format: Any = "auto", strict: bool = True,  # pylint: disable=redefined-builtin
             chat_template: str | None = None,
             template_kwargs: dict[str, Any] | None = None) -> Segmented:
   """Renders a trajectory to text and labels every character range with a span type.
 
   Args:
-    trajectory: a string (``react``, ``alfworld``, ``chatml``, ``codeact``) or a
-      list of OpenAI-style chat messages / ``{"messages": [...], "tools": [...]}``
-      (``chat``).
-    format: one of :data:`FORMATS`; ``"auto"`` uses :func:`detect_format` and
-      records the choice in ``Segmented.format``.
-    strict: if True, malformed input raises :class:`TrajectoryError`; if False,
-      each format recovers as its module documents and lists what it recovered
-      from in ``Segmented.warnings``. Undetectable text is then all ``OTHER``
-      (format ``"unknown"``).
-    chat_template: ``chat`` only: a Jinja2 chat template to render with instead
-      of the built-in ChatML layout (offsets stay exact).
-    template_kwargs: ``chat`` only: extra variables for ``chat_template``.
+    trajectory: a string in one of the text layouts, or messages in one of the
+      schemas (:data:`FORMATS`; the tables are in
+      :mod:`~sad_jax.data.trajectories.formats` and
+      :mod:`~sad_jax.data.trajectories.schemas`).
+    format: a name from :data:`FORMATS`; ``"auto"`` uses :func:`detect_format`
+      and records the choice in ``Segmented.format``; or a user format
+      (a :class:`~sad_jax.data.trajectories.spec.FormatSpec`, or a dict /
+      ``ConfigDict`` for :func:`~sad_jax.data.trajectories.spec.load_spec`).
+    strict: if True, malformed input, and input with no reasoning or action
+      span, raises :class:`TrajectoryError`; if False, each format recovers as
+      documented, labels what it can and lists what it recovered from in
+      ``Segmented.warnings``. Undetectable text is then all ``OTHER`` (format
+      ``"unknown"``).
+    chat_template: message schemas only: a Jinja2 chat template to render with
+      instead of the built-in ChatML layout (offsets stay exact).
+    template_kwargs: message schemas only: extra variables for ``chat_template``.
 
   Returns:
     :class:`Segmented`: ``text``, sorted non-overlapping ``spans`` (unlabelled
-    characters are ``OTHER``), ``format`` and ``warnings``.
+    characters are ``OTHER``), ``format``, ``warnings`` and ``coverage``.
 
   Raises:
     TrajectoryError: malformed input (with ``.position`` and ``.reason``), or any
       input that is neither a string nor messages.
-    ValueError: an unknown ``format`` or a ``chat_template`` used with another
-      format / with a Jinja syntax error.
+    ValueError: an unknown ``format``, an invalid user spec, or a
+      ``chat_template`` used with a text format / with a Jinja syntax error.
   """
-  if format not in FORMATS:
-    raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-  fmt = format
+  user_spec = _resolve_spec(format)
+  if user_spec is None and format not in FORMATS:
+    raise ValueError(f"format must be one of {FORMATS} or a format spec, got {format!r}")
+  fmt = user_spec.name if user_spec is not None else format
   if fmt == "auto":
     fmt = detect_format(trajectory)
     if fmt is None:
@@ -84,15 +79,17 @@ def segment(trajectory: Any, *, format: str = "auto", strict: bool = True,  # py
         raise TrajectoryError(
             "could not detect the trajectory format (pass format=...) for input of type "
             f"{type(trajectory).__name__}", 0)
-      return SpanBuilder().build(trajectory, "unknown",
-                                 ["could not detect the trajectory format; all text is OTHER"])
-  if (chat_template is not None or template_kwargs) and fmt != "chat":
-    raise ValueError(f"chat_template/template_kwargs only apply to format='chat', got format={fmt!r}")
-  if fmt == "chat":
+      return Segmented(trajectory, (), "unknown",
+                       ("could not detect the trajectory format; all text is OTHER",))
+  is_schema = user_spec is None and fmt in schemas.SCHEMAS
+  if (chat_template is not None or template_kwargs) and not is_schema:
+    raise ValueError(f"chat_template/template_kwargs only apply to message formats {schemas.SCHEMAS}, "
+                     f"got format={fmt!r}")
+  if is_schema:
     if chat_template is not None:
-      return templates.render_template(trajectory, chat_template, strict, template_kwargs)
-    return chat.render_builtin(trajectory, strict)
+      return templates.render_template(trajectory, chat_template, strict, template_kwargs, schema=fmt)
+    return chat.render_builtin(trajectory, strict, schema=fmt)
   if not isinstance(trajectory, str):
     raise TrajectoryError(
         f"format {fmt!r} needs the trajectory as a string, got {type(trajectory).__name__}", 0)
-  return _TEXT_SEGMENTERS[fmt](trajectory, strict)
+  return spec_lib.segment_text(user_spec or formats.builtin(fmt), trajectory, strict)

@@ -92,29 +92,39 @@ class Segmented:
       out.append(Span(pos, len(self.text), SpanType.OTHER))
     return out
 
+  @property
+  def coverage(self) -> dict[str, int]:
+    """Characters of each span type, ``{"prompt": n, "reasoning": n, ..., "other": n}``.
+
+    ``other`` counts the unlabelled characters; the values sum to ``len(text)``.
+    """
+    out = {t.name.lower(): 0 for t in SpanType if t != SpanType.PAD}
+    for start, end, typ in self.pieces():
+      out[typ.name.lower()] += end - start
+    return out
+
+  def issues(self, max_other: float = 0.9) -> list[str]:
+    """Why this segmentation should not be trusted as is (empty when it looks right).
+
+    Reasons: no agent span (no ``REASONING`` or ``ACTION`` character: nothing
+    would be trained); more than ``max_other`` of the non-whitespace characters
+    unlabelled (``OTHER``): the format was probably not understood.
+    """
+    reasons = []
+    if not any(t in (SpanType.REASONING, SpanType.ACTION) for _, _, t in self.spans):
+      reasons.append("no agent span (no reasoning or action characters)")
+    solid = len("".join(self.text.split()))
+    if solid:
+      other = sum(len("".join(self.text[s:e].split())) for s, e, t in self.pieces()
+                  if t == SpanType.OTHER) / solid
+      if other > max_other:
+        reasons.append(f"{other:.0%} of the non-space characters are OTHER (> {max_other:.0%})")
+    return reasons
+
   def texts(self, span_type) -> list[str]:
     """The substrings of all spans of ``span_type`` (``OTHER`` includes the gaps)."""
     span_type = SpanType(span_type)
     return [self.text[s:e] for s, e, t in self.pieces() if t == span_type]
-
-
-class SpanBuilder:
-  """Accumulates spans left to right, merging adjacent spans of one type."""
-
-  def __init__(self):
-    self._spans: list[list] = []
-
-  def add(self, start: int, end: int, span_type: SpanType | None) -> None:
-    """Labels ``[start, end)``; ``None`` (or ``OTHER``) leaves it unlabelled."""
-    if end <= start or span_type is None or span_type == SpanType.OTHER:
-      return
-    if self._spans and self._spans[-1][1] == start and self._spans[-1][2] == span_type:
-      self._spans[-1][1] = end
-    else:
-      self._spans.append([start, end, SpanType(span_type)])
-
-  def build(self, text: str, fmt: str, warnings=()) -> Segmented:
-    return Segmented(text, tuple(Span(*s) for s in self._spans), fmt, tuple(warnings))
 
 
 class Recovery:
@@ -130,14 +140,3 @@ class Recovery:
     if self.strict:
       raise error
     self.warnings.append(str(error))
-
-
-def lines(text: str) -> list[tuple[int, int, str]]:
-  """Splits on ``\\n`` only: ``(start, end, line)`` with ``end`` past the newline."""
-  out, pos = [], 0
-  for line in text.split("\n"):
-    end = min(pos + len(line) + 1, len(text))
-    if pos < len(text):
-      out.append((pos, end, line))
-    pos += len(line) + 1
-  return out

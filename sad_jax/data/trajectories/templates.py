@@ -23,14 +23,14 @@ import re
 from typing import Any
 
 from sad_jax.objective._spans import SpanType
-from sad_jax.data.trajectories import chatml
-from sad_jax.data.trajectories.chat import Message, check_messages, normalize_message, split_messages
-from sad_jax.data.trajectories.segmented import Recovery, Segmented, SpanBuilder, TrajectoryError
+from sad_jax.data.trajectories import formats, spec as spec_lib
+from sad_jax.data.trajectories.chat import Message, conversation, normalize_message, resolve_kinds
+from sad_jax.data.trajectories.segmented import Recovery, Segmented, TrajectoryError
 
 _SENTINEL_BASE = 0x10FFF0
 _CLOSE = chr(0x10FFFF)
 _SENTINELS = re.compile("[\U0010FFF0-\U0010FFFF]")
-_TAGS = re.compile(r"^(<think>|<tool_call>|<tool_response>)?(.*?)(</think>|</tool_call>|</tool_response>)?$",
+_TAGS = re.compile(r"^(<think>|<tool_call>|<tool_response>)?(.*?)(</think>|</tool_call>|</tool_response>)?\Z",
                    re.DOTALL)
 
 
@@ -47,17 +47,19 @@ def _wrap(text: str, span_type: SpanType) -> str:
           + trail + (m.group(3) or ""))
 
 
-def _wrap_content(i: int, m: Message, rec: Recovery) -> str:
+def _wrap_content(i: int, m: Message, kind: str, acting: bool, rec: Recovery) -> str:
   local = Recovery(m.content, rec.strict)
   try:
-    pieces = chatml.content_pieces(m.role, m.content, 0, len(m.content), local)
+    pieces = spec_lib.label_region(formats.builtin("chatml"), m.content, 0, len(m.content), kind,
+                                   local, acting)
   except TrajectoryError as e:
     raise TrajectoryError(f"messages[{i}].content: {e.reason} at char {e.position}", 0) from None
   rec.warnings.extend(f"messages[{i}].content: {w}" for w in local.warnings)
   out, pos = [], 0
   for start, end, typ in pieces:
     out.append(m.content[pos:start])
-    out.append(m.content[start:end] if typ is None else _wrap(m.content[start:end], typ))
+    piece = m.content[start:end]
+    out.append(piece if typ == SpanType.OTHER else _wrap(piece, typ))
     pos = end
   out.append(m.content[pos:])
   return "".join(out)
@@ -104,12 +106,14 @@ def _compile(chat_template: str):
     raise ValueError(f"chat_template has a Jinja syntax error at line {e.lineno}: {e.message}") from None
 
 
-def _template_messages(msgs: list[Message], tagged: bool, rec: Recovery) -> list[dict]:
+def _template_messages(msgs: list[Message], kinds: list[str], tagged: bool, rec: Recovery) -> list[dict]:
   out = []
+  acting_messages = spec_lib.acting_turns(kinds)
   for i, m in enumerate(msgs):
     d = dict(m.extra)
-    known = m.role in chatml.ROLES and tagged
-    d["content"] = _wrap_content(i, m, rec) if known else m.content
+    known = kinds[i] != "other" and tagged
+    acting = acting_messages[i]
+    d["content"] = _wrap_content(i, m, kinds[i], acting, rec) if known else m.content
     if m.reasoning is not None:
       d["reasoning_content"] = _wrap(m.reasoning, SpanType.REASONING) if known else m.reasoning
     if m.tool_calls:
@@ -165,29 +169,32 @@ def _locate(text: str, tagged: str) -> list:
 
 
 def render_template(trajectory, chat_template: str, strict: bool = True,
-                    template_kwargs: dict[str, Any] | None = None) -> Segmented:
+                    template_kwargs: dict[str, Any] | None = None, schema: str = "chat") -> Segmented:
   """Renders messages with a Jinja2 chat template, keeping exact spans."""
   if not isinstance(chat_template, str) or not chat_template.strip():
     raise ValueError(f"chat_template must be a non-empty Jinja2 string, got {chat_template!r:.60}")
   template = _compile(chat_template)
-  messages, tools = split_messages(trajectory)
-  check_messages(messages)
   rec = Recovery("", strict)
-  msgs = [normalize_message(i, m, rec, 0) for i, m in enumerate(messages)]
+  conv = conversation(trajectory, schema, rec)
+  msgs = [normalize_message(i, m, rec, 0, conv.kinds[i]) for i, m in enumerate(conv.messages)]
+  kinds = resolve_kinds(msgs)
   kwargs = dict(template_kwargs or {})
-  text = _render(template, _template_messages(msgs, False, rec), tools, kwargs)
+  tools = conv.tools
+  text = _render(template, _template_messages(msgs, kinds, False, rec), tools, kwargs)
   if _SENTINELS.search(text):
     rec.text = text
     rec.fail("private-use characters U+10FFF0..U+10FFFF are reserved for span sentinels",
              _SENTINELS.search(text).start())
-  tagged = _render(template, _template_messages(msgs, True, rec), tools, kwargs)
+  tagged = _render(template, _template_messages(msgs, kinds, True, rec), tools, kwargs)
   clean, spans = _spans_from_sentinels(tagged)
   if clean != text:
     at = next((i for i, (a, b) in enumerate(zip(clean, text)) if a != b), min(len(clean), len(text)))
     rec.text = text
     rec.fail("chat_template rewrites message content, so pieces were located by search", at)
     spans = _locate(text, tagged)
-  builder = SpanBuilder()
-  for start, end, typ in spans:
-    builder.add(start, end, typ)
-  return builder.build(text, "chat", rec.warnings)
+  seg = spec_lib.build(text, spans, None, schema, rec.warnings)
+  if not spec_lib.has_agent_span(seg):
+    rec.text = text
+    rec.fail("no assistant message with content (no reasoning or action span)", 0)
+    seg = Segmented(seg.text, seg.spans, seg.format, tuple(rec.warnings))
+  return seg
