@@ -2,11 +2,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import tiny_lm
+from sad_jax import training
 from sad_jax.data import episodes as ep_lib
 from sad_jax.losses import SparseTeacher
-from sad_jax.objective import SpanType
+from sad_jax.objective import SADLoss, SpanType
 from sad_jax.training import _on_policy as on_policy
 
 R, A, O, PAD = (int(SpanType.REASONING), int(SpanType.ACTION), int(SpanType.OBSERVATION),
@@ -73,3 +76,123 @@ def test_depth_curriculum_masks_later_turns_by_step():
   np.testing.assert_array_equal(at9, at2)  # depth_max
   fixed = {"span_ids": batch["span_ids"]}
   assert on_policy.depth_limited(fixed, 0, t) is fixed
+
+
+# ---------------------------------------------------------------------------
+# The step: tiny student and teacher, ReAct episodes from a hand-made vocabulary.
+# ---------------------------------------------------------------------------
+
+VOCAB = (["Task: count to two.\n", "Thought:", "\n", "Action:", "Observation:", " ok", " done"]
+         + [f" w{i}" for i in range(7, tiny_lm.VOCAB)])
+DECODE = lambda ids: "".join(VOCAB[i] for i in ids)
+
+
+def _episode_batch(seq_len=tiny_lm.SEQ * 4):
+  turn = lambda w, a: [1, w, 2, 3, a, 2]  # "Thought: w\nAction: a\n"
+  eps = [ep_lib.episode_example([0], [(turn(9, 10), [4, 5, 2]), (turn(11, 6), [4, 5, 2])],
+                                DECODE, format="react"),
+         ep_lib.episode_example([0], [(turn(12, 13), [4, 5, 2]), (turn(14, 15), [4, 16, 2]),
+                                      (turn(17, 6), [])], DECODE, format="react")]
+  return {k: jnp.asarray(v) for k, v in ep_lib.batch_episodes(eps, seq_len)._asdict().items()}
+
+
+def _fixed_batch(key, batch=4):
+  b = tiny_lm.make_batch(key, batch=batch)
+  b.pop("teacher")
+  return b
+
+
+def _recipe(config, **kw):
+  return on_policy.OnPolicy(config, optimizer=optax.adam(1e-2), apply_fn=tiny_lm.apply,
+                            teacher_apply=tiny_lm.apply, **kw)
+
+
+def test_episode_batch_labels_observations_and_prompt():
+  b = _episode_batch()
+  obs_labels = np.isin(np.asarray(b["labels"]), [4, 5, 16]) & (np.asarray(b["span_ids"]) != PAD)
+  assert obs_labels.any() and np.all(np.asarray(b["span_ids"])[obs_labels] == O)
+  assert set(np.unique(np.asarray(b["span_ids"]))) <= {PAD, R, A, O}
+
+
+def test_lambda_zero_equals_the_off_policy_step_bitwise():
+  params = tiny_lm.init(jax.random.key(0))
+  teacher_params = tiny_lm.init(jax.random.key(1))
+  config = {"mixture": 0.0, "turns": {"rule": "departure", "threshold": 0.1,
+                                      "depth_start": 1}}
+  recipe = _recipe(config)
+  off_loss = SADLoss(recipe.config.objective)
+  off = jax.jit(training.make_train_step(off_loss, optax.adam(1e-2), apply_fn=tiny_lm.apply,
+                                         teacher_apply=tiny_lm.apply))
+  on = jax.jit(recipe.step)
+  s_on = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
+  s_off = training.init_train_state(params, optax.adam(1e-2), off_loss)
+  for n in range(3):
+    assert not recipe.on_policy_batch(n)
+    batch = _fixed_batch(jax.random.key(10 + n))
+    s_on, m_on = on(s_on, batch, teacher_params)
+    s_off, m_off = off(s_off, batch, teacher_params)
+    assert float(m_on["loss"]) == float(m_off["loss"])
+  for a, b in zip(jax.tree.leaves(s_on), jax.tree.leaves(s_off)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("rule", ["none", "position", "departure"])
+def test_observation_tokens_never_train(rule):
+  params = tiny_lm.init(jax.random.key(0))
+  teacher_params = tiny_lm.init(jax.random.key(1))
+  batch = _episode_batch()
+  loss = on_policy.OnPolicyLoss({"turns": {"rule": rule, "threshold": 0.0, "decay": 0.5}})
+  state = loss.init_state()
+  untrained = ~np.isin(np.asarray(batch["span_ids"]), [R, A])
+  noise = jax.random.normal(jax.random.key(5), (*batch["tokens"].shape, tiny_lm.VOCAB)) * 9
+
+  def total(student_logits, teacher_logits):
+    value, _ = loss(student_logits, teacher_logits, batch, state,
+                    normalizer=loss.normalizer(batch))
+    return value
+
+  s = tiny_lm.apply(params, batch)
+  t = tiny_lm.apply(teacher_params, batch)
+  t_noisy = jnp.where(untrained[..., None], noise, t)
+  value, grad = jax.value_and_grad(total)(s, t)
+  value_noisy, grad_noisy = jax.value_and_grad(total)(s, t_noisy)
+  assert float(value) > 0
+  assert float(value) == float(value_noisy)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(grad_noisy))
+  np.testing.assert_array_equal(np.asarray(grad)[untrained], 0.0)
+  assert np.any(np.asarray(grad)[~untrained] != 0)
+
+
+def test_turn_rule_changes_the_loss_and_top_k_teacher_runs():
+  params = tiny_lm.init(jax.random.key(0))
+  teacher_params = tiny_lm.init(jax.random.key(1))
+  batch = _episode_batch()
+  losses = {}
+  for rule in ("none", "position", "accumulated"):
+    recipe = _recipe({"turns": {"rule": rule, "decay": 0.3, "scale": 5.0, "normalize": False}})
+    state = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
+    _, metrics = jax.jit(recipe.step)(state, batch, teacher_params)
+    losses[rule] = float(metrics["loss"])
+  assert losses["position"] < losses["none"] and losses["accumulated"] < losses["none"]
+  recipe = _recipe({"teacher_top_k": 8, "objective": {"divergence": "generalized_jsd",
+                                                      "divergence_kwargs": {"beta": 0.5}}})
+  state = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
+  state, metrics = jax.jit(recipe.step)(state, batch, teacher_params)
+  assert np.isfinite(float(metrics["loss"])) and not bool(metrics["skipped"])
+
+
+def test_depth_curriculum_trains_first_turns_then_more():
+  params = tiny_lm.init(jax.random.key(0))
+  teacher_params = tiny_lm.init(jax.random.key(1))
+  batch = _episode_batch()
+  recipe = _recipe({"turns": {"depth_start": 1, "depth_every": 1, "depth_max": 2}})
+  state = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
+  step = jax.jit(recipe.step)
+  counts = []
+  for _ in range(3):
+    state, metrics = step(state, batch, teacher_params)
+    counts.append(float(np.sum(np.asarray(metrics["spans"]["loss"][1]))))
+    assert int(metrics["turn_depth"]) == min(len(counts), 2)
+  in_turn = lambda k: np.sum(np.isin(np.asarray(batch["span_ids"]), [R, A])
+                             & (np.asarray(batch["turn_ids"]) <= k))
+  assert counts == [in_turn(1), in_turn(2), in_turn(2)]

@@ -171,7 +171,9 @@ class SADLoss:
     return objective.loss_normalizer(batch_field(batch, "span_ids"), self.config)
 
   def __call__(self, student: ModelOutput, teacher, batch, state, *, normalizer=None,
-               micro_batches: int = 1):
+               micro_batches: int = 1, token_factors=None):
+    """``(loss, metrics)``; ``token_factors`` (``[B, T]``, positive) scale the token weights
+    (see :func:`sad_jax.objective._sad.compose`)."""
     student = as_model_output(student)
     if (teacher is not None and not isinstance(teacher, sparse.SparseTeacher)
         and not hasattr(teacher, "shape")):
@@ -180,14 +182,16 @@ class SADLoss:
         teacher = teacher.logits
     labels = batch_field(batch, "labels") if self.needs_labels else None
 
-    def run(student, teacher, span_ids, labels, state, normalizer, axis_name):
+    def run(student, teacher, rows, labels, state, normalizer, axis_name):
+      # Row-wise inputs travel together, so a backend shards the factors like the span ids.
+      span_ids, factors = rows
       return objective.compose(student, teacher, span_ids, state, self.config,
                                backend=self.backend, labels=labels, axis_name=axis_name,
                                normalizer=normalizer, update_state=False,
-                               moe_scale=1.0 / micro_batches)
+                               moe_scale=1.0 / micro_batches, token_factors=factors)
 
-    loss, (metrics, _) = self.backend.run(run, student, teacher, batch_field(batch, "span_ids"),
-                                          labels, state, normalizer)
+    rows = (batch_field(batch, "span_ids"), token_factors)
+    loss, (metrics, _) = self.backend.run(run, student, teacher, rows, labels, state, normalizer)
     return loss, metrics
 
   def update_state(self, state, metrics):

@@ -163,14 +163,17 @@ def _check_span_ids(span_ids, shape):
 def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADState, config,
             *, backend, labels: chex.Array | None = None, axis_name=None,
             normalizer: chex.Array | None = None, update_state: bool = True,
-            moe_scale: float = 1.0) -> tuple[jax.Array, tuple[Metrics, state_lib.SADState]]:
+            moe_scale: float = 1.0, token_factors: chex.Array | None = None
+            ) -> tuple[jax.Array, tuple[Metrics, state_lib.SADState]]:
   """The one composition of the objective, for a *validated* config and a backend.
 
   :func:`sad_loss` and :class:`sad_jax.objective.SADLoss` call it; it does no config
   work (the config was merged and validated when the loss was built). ``student`` is
   a :class:`~sad_jax.objective.ModelOutput`; the other arguments are those of
   :func:`sad_loss`, plus ``moe_scale`` (the MoE coefficient's factor, ``1 / M`` for
-  ``M`` micro-batches).
+  ``M`` micro-batches) and ``token_factors``: optional ``[B, T]`` factors, strictly
+  positive on trained tokens and without gradient (e.g. the turn-aware factors of
+  :mod:`sad_jax.objective._turns`), multiplied into the strategy's token weights.
   """
   from sad_jax.backends import _base as backend_base  # pylint: disable=g-import-not-at-top
   shape = backend.token_shape(student)
@@ -202,6 +205,12 @@ def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADSta
       teacher_entropy=None if stats is None else stats["teacher_entropy"],
       disagreement=None if stats is None else stats["total_variation"],
       vocab_size=backend.vocab_size(student))
+  if token_factors is not None:
+    if jnp.shape(token_factors) != span_ids.shape:
+      raise ValueError(f"token_factors shape {jnp.shape(token_factors)} must equal span_ids "
+                       f"shape {span_ids.shape}")
+    factors = jax.lax.stop_gradient(jnp.asarray(token_factors, jnp.float32))
+    weights = jnp.where(base, weights * factors, 0.0)
   coefficients, counts = token_coefficients(
       weights, span_ids, normalization=config.normalization, where=base,
       axis_name=axis_name, normalizer=normalizer)

@@ -56,7 +56,10 @@ import numpy as np
 from sad_jax.losses import _divergences as divergences
 from sad_jax.losses import _sparse as sparse
 from sad_jax.objective import _config as objective_config
+from sad_jax.objective import _loss as loss_lib
 from sad_jax.objective import _turns as turns
+from sad_jax.objective import _weighting as weighting
+from sad_jax.training import _step as step_lib
 
 TURN_RULES = ("none", "position", "balanced", "departure", "accumulated")
 """``turns.rule``: which factor of :mod:`sad_jax.objective._turns` weights the turns."""
@@ -300,12 +303,12 @@ def depth_limited(batch, step: jax.Array, turn_config):
     turn_config: ``config.turns``.
   """
   t = turn_config
-  turn_ids = _field(batch, "turn_ids")
+  turn_ids = loss_lib.batch_field(batch, "turn_ids", required=False)
   if t.depth_start == 0 or turn_ids is None:
     return batch
   depth = turns.turn_depth(step, start=t.depth_start, every=t.depth_every,
                            max_depth=t.depth_max or None)
-  limited = turns.limit_turns(_field(batch, "span_ids"), turn_ids, depth)
+  limited = turns.limit_turns(loss_lib.batch_field(batch, "span_ids"), turn_ids, depth)
   if isinstance(batch, Mapping):
     return {**batch, "span_ids": limited}
   if hasattr(batch, "_replace"):
@@ -313,7 +316,132 @@ def depth_limited(batch, step: jax.Array, turn_config):
   raise TypeError(f"batch must be a mapping or a NamedTuple, got {type(batch).__name__}")
 
 
-def _field(batch, name: str):
-  if isinstance(batch, Mapping):
-    return batch.get(name)
-  return getattr(batch, name, None)
+
+class OnPolicyLoss:
+  """The objective of the on-policy recipe as a loss object (``sad_jax.objective.Loss``).
+
+  :class:`sad_jax.objective.SADLoss` of ``config.objective``, with the turn factors of
+  ``config.turns.rule`` multiplied into the token weights of a batch that has
+  ``turn_ids``; a batch without them is the plain ``SADLoss`` (so fixed data trains
+  exactly as off-policy). Built once: the config is merged and validated here.
+
+  Args:
+    config: the on-policy config (:func:`default_config` or overrides).
+    backend: the objective's vocabulary backend (as in ``SADLoss``). The
+      ``departure`` / ``accumulated`` rules read the backend's teacher statistics.
+  """
+
+  needs_teacher = True
+
+  def __init__(self, config=None, *, backend=None):
+    self.config = resolve_config(config)
+    self.sad = loss_lib.SADLoss(self.config.objective, backend=backend)
+    if needs_signal(self.config) and self.sad.backend.name == "vocab_parallel":
+      raise ValueError(f"turns.rule = {self.config.turns.rule!r} reads teacher statistics "
+                       "before the objective runs, which the vocab_parallel backend computes "
+                       "only inside its mesh; use the dense or fused backend, or the "
+                       "'position' / 'balanced' rules")
+    if not self.sad.needs_teacher:
+      raise ValueError("on-policy distillation needs a teacher: config.objective."
+                       f"divergence_weight = {self.config.objective.divergence_weight}")
+
+  def init_state(self):
+    return self.sad.init_state()
+
+  def normalizer(self, batch):
+    return self.sad.normalizer(batch)
+
+  def update_state(self, state, metrics):
+    return self.sad.update_state(state, metrics)
+
+  def skip_state(self, state):
+    return self.sad.skip_state(state)
+
+  def factors(self, student, teacher, batch, state):
+    """The turn factors ``[B, T]`` of this batch, or None (no rule, or no ``turn_ids``)."""
+    turn_ids = loss_lib.batch_field(batch, "turn_ids", required=False)
+    if self.config.turns.rule == "none" or turn_ids is None:
+      return None
+    span_ids = loss_lib.batch_field(batch, "span_ids")
+    where = weighting.uniform(span_ids, self.config.objective.span_weights) > 0
+    signal = None
+    if needs_signal(self.config):
+      stats = self.sad.backend.statistics(loss_lib.as_model_output(student),
+                                          jax.tree.map(jax.lax.stop_gradient, teacher), where)
+      signal = stats[self.config.turns.signal]
+    return turn_factors(self.config.turns, jnp.asarray(turn_ids), where, state.step, signal)
+
+  def __call__(self, student, teacher, batch, state, *, normalizer=None, micro_batches: int = 1):
+    return self.sad(student, teacher, batch, state, normalizer=normalizer,
+                    micro_batches=micro_batches,
+                    token_factors=self.factors(student, teacher, batch, state))
+
+  def __repr__(self):
+    return (f"OnPolicyLoss(mixture={self.config.mixture}, turns={self.config.turns.rule!r}, "
+            f"{self.sad!r})")
+
+
+class OnPolicy:
+  """The on-policy recipe: its loss, its (jittable) step, its batch-source draw.
+
+  Args:
+    config: the on-policy config (:func:`default_config` or overrides).
+    optimizer: an optax ``GradientTransformation`` or an ``nnx.Optimizer``.
+    apply_fn: the student, as in :func:`sad_jax.training.make_train_step`.
+    teacher_apply: the online teacher ``teacher_apply(teacher_params, batch) -> logits``
+      (an NNX module works with the dense teacher).
+    train_config: the training config (accumulation, precision, guard), as in
+      ``make_train_step``.
+    mesh: as in ``make_train_step``.
+    backend: the objective's vocabulary backend.
+  """
+
+  def __init__(self, config=None, *, optimizer, apply_fn=None, teacher_apply,
+               train_config=None, mesh=None, backend=None):
+    self.loss = OnPolicyLoss(config, backend=backend)
+    self.config = self.loss.config
+    if self.config.teacher_top_k and _is_module(teacher_apply):
+      raise ValueError(f"config.teacher_top_k = {self.config.teacher_top_k} needs teacher_apply "
+                       "as a function (teacher_params, batch) -> logits, not a module")
+    teacher = online_teacher(teacher_apply, top_k=self.config.teacher_top_k,
+                             tail=self.config.teacher_tail)
+    self._step = step_lib.make_train_step(self.loss, optimizer, train_config,
+                                          apply_fn=apply_fn, teacher_apply=teacher, mesh=mesh)
+
+  @property
+  def sampling_temperature(self) -> float:
+    """The temperature to sample the student at (``config.sampling_temperature``)."""
+    return float(self.config.sampling_temperature)
+
+  def on_policy_batch(self, step: int) -> bool:
+    """Whether batch ``step`` should be the student's episodes (see :func:`on_policy_batch`)."""
+    return on_policy_batch(self.config, step)
+
+  def step(self, train_state, batch, teacher_params):
+    """One training step on ``batch`` (episodes or fixed data); jit it.
+
+    Applies TCOD's depth to the batch's span ids (from ``train_state.step``), then runs
+    the generic train step with the online teacher. Returns ``(train_state, metrics)``
+    as ``make_train_step`` does, plus ``metrics["turn_depth"]`` when the curriculum is on.
+    """
+    batch = depth_limited(batch, train_state.step, self.config.turns)
+    new_state, metrics = self._step(train_state, batch, teacher_params)
+    if self.config.turns.depth_start:
+      t = self.config.turns
+      metrics = dict(metrics, turn_depth=turns.turn_depth(
+          train_state.step, start=t.depth_start, every=t.depth_every,
+          max_depth=t.depth_max or None))
+    return new_state, metrics
+
+
+def _is_module(x) -> bool:
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return False
+  return isinstance(x, nnx.Module)
+
+
+__all__ = ["OnPolicy", "OnPolicyLoss", "TURN_RULES", "TURN_SIGNALS", "default_config",
+           "depth_limited", "needs_signal", "on_policy_batch", "online_teacher",
+           "resolve_config", "turn_factors"]
