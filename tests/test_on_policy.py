@@ -88,10 +88,10 @@ DECODE = lambda ids: "".join(VOCAB[i] for i in ids)
 
 
 def _episode_batch(seq_len=tiny_lm.SEQ * 4):
-  turn = lambda w, a: [1, w, 2, 3, a, 2]  # "Thought: w\nAction: a\n"
+  turn = lambda w, a, *more: [1, w, *more, 2, 3, a, 2]  # "Thought: w ...\nAction: a\n"
   eps = [ep_lib.episode_example([0], [(turn(9, 10), [4, 5, 2]), (turn(11, 6), [4, 5, 2])],
                                 DECODE, format="react"),
-         ep_lib.episode_example([0], [(turn(12, 13), [4, 5, 2]), (turn(14, 15), [4, 16, 2]),
+         ep_lib.episode_example([0], [(turn(12, 13), [4, 5, 2]), (turn(14, 15, 20, 21, 22), [4, 16, 2]),
                                       (turn(17, 6), [])], DECODE, format="react")]
   return {k: jnp.asarray(v) for k, v in ep_lib.batch_episodes(eps, seq_len)._asdict().items()}
 
@@ -126,7 +126,7 @@ def test_lambda_zero_equals_the_off_policy_step_bitwise():
   on = jax.jit(recipe.step)
   s_on = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
   s_off = training.init_train_state(params, optax.adam(1e-2), off_loss)
-  for n in range(3):
+  for n in range(2):
     assert not recipe.on_policy_batch(n)
     batch = _fixed_batch(jax.random.key(10 + n))
     s_on, m_on = on(s_on, batch, teacher_params)
@@ -163,22 +163,41 @@ def test_observation_tokens_never_train(rule):
   assert np.any(np.asarray(grad)[~untrained] != 0)
 
 
-def test_turn_rule_changes_the_loss_and_top_k_teacher_runs():
+def test_turn_rules_scale_the_loss():
+  batch = _episode_batch()
+  s = tiny_lm.apply(tiny_lm.init(jax.random.key(0)), batch)
+  t = tiny_lm.apply(tiny_lm.init(jax.random.key(1)), batch)
+  losses = {}
+  for rule in ("none", "position", "accumulated", "balanced"):
+    loss = on_policy.OnPolicyLoss({"turns": {"rule": rule, "decay": 0.3, "scale": 5.0,
+                                             "normalize": False}})
+    value, metrics = loss(s, t, batch, loss.init_state(), normalizer=loss.normalizer(batch))
+    losses[rule] = float(value)
+    if rule == "none":
+      assert loss.factors(s, t, batch, loss.init_state()) is None
+  assert losses["position"] < losses["none"] and losses["accumulated"] < losses["none"]
+  assert losses["balanced"] != losses["none"]
+  # The same batch without turn ids (fixed data) is the plain objective.
+  fixed = {k: v for k, v in batch.items() if k != "turn_ids"}
+  loss = on_policy.OnPolicyLoss({"turns": {"rule": "position", "decay": 0.3}})
+  plain = SADLoss(loss.config.objective)
+  np.testing.assert_array_equal(
+      np.asarray(loss(s, t, fixed, loss.init_state(), normalizer=loss.normalizer(fixed))[0]),
+      np.asarray(plain(s, t, fixed, plain.init_state(), normalizer=plain.normalizer(fixed))[0]))
+
+
+def test_step_with_an_on_the_fly_top_k_teacher():
   params = tiny_lm.init(jax.random.key(0))
   teacher_params = tiny_lm.init(jax.random.key(1))
   batch = _episode_batch()
-  losses = {}
-  for rule in ("none", "position", "accumulated"):
-    recipe = _recipe({"turns": {"rule": rule, "decay": 0.3, "scale": 5.0, "normalize": False}})
-    state = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
-    _, metrics = jax.jit(recipe.step)(state, batch, teacher_params)
-    losses[rule] = float(metrics["loss"])
-  assert losses["position"] < losses["none"] and losses["accumulated"] < losses["none"]
-  recipe = _recipe({"teacher_top_k": 8, "objective": {"divergence": "generalized_jsd",
-                                                      "divergence_kwargs": {"beta": 0.5}}})
+  recipe = _recipe({"teacher_top_k": 8, "turns": {"rule": "departure", "threshold": 0.5},
+                    "objective": {"divergence": "generalized_jsd",
+                                  "divergence_kwargs": {"beta": 0.5}}})
   state = training.init_train_state(params, optax.adam(1e-2), recipe.loss)
-  state, metrics = jax.jit(recipe.step)(state, batch, teacher_params)
+  new_state, metrics = jax.jit(recipe.step)(state, batch, teacher_params)
   assert np.isfinite(float(metrics["loss"])) and not bool(metrics["skipped"])
+  assert any(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params)))
 
 
 def test_depth_curriculum_trains_first_turns_then_more():
