@@ -16,10 +16,15 @@ from sad_jax.objective._sad import (finalize_metrics, loss_normalizer, merge_met
 from sad_jax.objective._spans import (NUM_SPAN_TYPES, SPAN_NAMES, SpanType, span_counts,
                                       span_mask, span_masks, span_sums)
 from sad_jax.objective._state import SADState, init_state, update_state
+from sad_jax.objective._turns import (accumulated_discrepancy_factors, departure_factors,
+                                      departure_turn, limit_turns, normalize_factors,
+                                      turn_balanced_factors, turn_depth, turn_position_factors)
 from sad_jax.objective._weighting import STRATEGIES, token_weights
 
 __all__ = [
-    "Loss", "ModelOutput", "NUM_SPAN_TYPES", "SADLoss", "SADState", "SPAN_NAMES",
+    "Loss", "ModelOutput", "accumulated_discrepancy_factors", "departure_factors",
+    "departure_turn", "limit_turns", "normalize_factors", "turn_balanced_factors", "turn_depth",
+    "turn_position_factors", "NUM_SPAN_TYPES", "SADLoss", "SADState", "SPAN_NAMES",
     "STRATEGIES", "SpanType", "as_model_output", "cross_entropy_loss", "default_config",
     "finalize_metrics", "hard_label_ce", "init_state", "load_config", "loss_normalizer",
     "merge", "merge_metrics", "reduce_tokens", "resolve", "sad_loss", "span_counts",
