@@ -215,3 +215,32 @@ def test_depth_curriculum_trains_first_turns_then_more():
   in_turn = lambda k: np.sum(np.isin(np.asarray(batch["span_ids"]), [R, A])
                              & (np.asarray(batch["turn_ids"]) <= k))
   assert counts == [in_turn(1), in_turn(2), in_turn(2)]
+
+
+@pytest.mark.parametrize("rule", ["position", "accumulated"])
+def test_turn_factors_on_every_backend(rule):
+  from sad_jax import backends, parallel
+  from sad_jax.objective import ModelOutput
+  batch = _episode_batch()
+  params = tiny_lm.init(jax.random.key(0))
+  hidden = jnp.tanh(params["embed"][batch["tokens"]] @ params["dense"]["kernel"])
+  head = params["lm_head"]["kernel"]
+  s, t = hidden @ head, tiny_lm.apply(tiny_lm.init(jax.random.key(1)), batch)
+  config = {"turns": {"rule": rule, "decay": 0.5, "scale": 2.0}}
+
+  def value(loss, student):
+    fn = lambda student, t, batch: loss(student, t, batch, loss.init_state(),
+                                        normalizer=loss.normalizer(batch))[0]
+    return float(jax.jit(fn)(student, t, batch))
+
+  ref = value(on_policy.OnPolicyLoss(config), s)
+  assert ref != value(on_policy.OnPolicyLoss({}), s)
+  fused = on_policy.OnPolicyLoss(config, backend=backends.fused(chunk_size=16))
+  np.testing.assert_allclose(value(fused, ModelOutput(hidden=hidden, head=head)), ref, rtol=1e-5)
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 1, "model": 4})
+  if rule == "position":
+    vp = on_policy.OnPolicyLoss(config, backend=backends.vocab_parallel(mesh))
+    np.testing.assert_allclose(value(vp, s), ref, rtol=1e-5)
+  else:
+    with pytest.raises(ValueError, match="vocab_parallel backend computes them only inside"):
+      on_policy.OnPolicyLoss(config, backend=backends.vocab_parallel(mesh))

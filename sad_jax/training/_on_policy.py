@@ -338,7 +338,7 @@ class OnPolicyLoss:
     self.sad = loss_lib.SADLoss(self.config.objective, backend=backend)
     if needs_signal(self.config) and self.sad.backend.name == "vocab_parallel":
       raise ValueError(f"turns.rule = {self.config.turns.rule!r} reads teacher statistics "
-                       "before the objective runs, which the vocab_parallel backend computes "
+                       "before the objective runs, which the vocab_parallel backend computes them "
                        "only inside its mesh; use the dense or fused backend, or the "
                        "'position' / 'balanced' rules")
     if not self.sad.needs_teacher:
