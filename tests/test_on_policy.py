@@ -242,5 +242,5 @@ def test_turn_factors_on_every_backend(rule):
     vp = on_policy.OnPolicyLoss(config, backend=backends.vocab_parallel(mesh))
     np.testing.assert_allclose(value(vp, s), ref, rtol=1e-5)
   else:
-    with pytest.raises(ValueError, match="vocab_parallel backend computes them only inside"):
+    with pytest.raises(ValueError, match="vocab_parallel backend computes them only inside its mesh"):
       on_policy.OnPolicyLoss(config, backend=backends.vocab_parallel(mesh))

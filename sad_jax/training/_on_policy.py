@@ -26,11 +26,12 @@ it on its own samples, scored by the teacher:
 
 The user writes the loop around their own sampler (see ``docs/on_policy.md``)::
 
-  recipe = OnPolicy(config, student_apply=apply, teacher_apply=teacher_apply, optimizer=tx)
+  recipe = OnPolicy(config, optimizer=tx, apply_fn=apply, teacher_apply=teacher_apply)
+  state = init_train_state(params, tx, recipe.loss)
   step = jax.jit(recipe.step)
   for n in range(num_steps):
     if recipe.on_policy_batch(n):
-      batch = batch_episodes(my_sampler(params, temperature=recipe.sampling_temperature), T)
+      batch = batch_episodes(my_sampler(state.params, recipe.sampling_temperature), T)
     else:
       batch = next(fixed_data)
     state, metrics = step(state, batch, teacher_params)
@@ -316,7 +317,6 @@ def depth_limited(batch, step: jax.Array, turn_config):
   raise TypeError(f"batch must be a mapping or a NamedTuple, got {type(batch).__name__}")
 
 
-
 class OnPolicyLoss:
   """The objective of the on-policy recipe as a loss object (``sad_jax.objective.Loss``).
 
@@ -338,8 +338,8 @@ class OnPolicyLoss:
     self.sad = loss_lib.SADLoss(self.config.objective, backend=backend)
     if needs_signal(self.config) and self.sad.backend.name == "vocab_parallel":
       raise ValueError(f"turns.rule = {self.config.turns.rule!r} reads teacher statistics "
-                       "before the objective runs, which the vocab_parallel backend computes them "
-                       "only inside its mesh; use the dense or fused backend, or the "
+                       "before the objective runs; the vocab_parallel backend computes them "
+                       "only inside its mesh: use the dense or fused backend, or the "
                        "'position' / 'balanced' rules")
     if not self.sad.needs_teacher:
       raise ValueError("on-policy distillation needs a teacher: config.objective."
