@@ -197,7 +197,8 @@ class SADLoss:
     return state_lib.skip_step(state)
 
   def __repr__(self):
-    return (f"SADLoss(divergence={self.config.divergence!r}, weighting="
+    divergence = self.config.divergence if self.needs_teacher else None
+    return (f"SADLoss(divergence={divergence!r}, weighting="
             f"{self.config.weighting!r}, normalization={self.config.normalization!r}, "
             f"backend={self.backend.name!r})")
 

@@ -478,6 +478,9 @@ def make_train_step(loss, optimizer, config=None, *, apply_fn: Callable | None =
                          "NNX model has a default call)")
       return apply_fn(params, micro, **kwargs), model_state
     from flax import nnx  # pylint: disable=g-import-not-at-top
+    # Fresh Variable objects at this trace level (nnx refuses to mutate ones built
+    # at an outer level, e.g. an nnx.Rngs count under jax.grad inside jax.jit).
+    params, model_state = jax.tree.map(lambda x: x, (params, model_state))
     model = nnx.merge(graphdef, params, model_state)
     out = (apply_fn(model, micro) if apply_fn is not None
            else model(loss_lib.batch_field(micro, "tokens")))
