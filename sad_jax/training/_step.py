@@ -281,8 +281,9 @@ def _unwrap_optimizer(optimizer):
     return optimizer, None
   from flax import nnx  # pylint: disable=g-import-not-at-top
   if isinstance(optimizer, nnx.Optimizer):
-    if int(np.asarray(optimizer.step.value)) != 0:
-      raise ValueError(f"the nnx.Optimizer has taken {int(optimizer.step.value)} steps; the "
+    taken = int(np.asarray(optimizer.step[...]))
+    if taken != 0:
+      raise ValueError(f"the nnx.Optimizer has taken {taken} steps; the "
                        "train step keeps the optimizer state in TrainState.opt_state, so pass a "
                        "fresh nnx.Optimizer (or its .tx) and restore a TrainState to resume")
     return optimizer.tx, optimizer.wrt
