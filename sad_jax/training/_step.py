@@ -447,6 +447,8 @@ def make_train_step(loss, optimizer, config=None, *, apply_fn: Callable | None =
   else:
     config = resolve_config(config)
   tx, wrt = _unwrap_optimizer(optimizer)
+  if mesh is None:  # a vocab-parallel loss knows its mesh
+    mesh = getattr(getattr(loss, "backend", None), "mesh", None)
   m = config.accumulation_steps
   compute_dtype = jnp.dtype(config.compute_dtype)
   keep32 = tuple(config.float32_params)
