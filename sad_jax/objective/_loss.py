@@ -168,7 +168,7 @@ class SADLoss:
     return state_lib.init_state(self.config)
 
   def normalizer(self, batch) -> jax.Array:
-    return objective.loss_normalizer(batch_field(batch, "span_ids"), self.config)
+    return objective.batch_normalizer(batch_field(batch, "span_ids"), self.config)
 
   def __call__(self, student: ModelOutput, teacher, batch, state, *, normalizer=None,
                micro_batches: int = 1, token_factors=None):
@@ -201,7 +201,8 @@ class SADLoss:
     return state_lib.skip_step(state)
 
   def __repr__(self):
-    return (f"SADLoss(divergence={self.config.divergence!r}, weighting="
+    divergence = self.config.divergence if self.needs_teacher else None
+    return (f"SADLoss(divergence={divergence!r}, weighting="
             f"{self.config.weighting!r}, normalization={self.config.normalization!r}, "
             f"backend={self.backend.name!r})")
 

@@ -281,8 +281,9 @@ def _unwrap_optimizer(optimizer):
     return optimizer, None
   from flax import nnx  # pylint: disable=g-import-not-at-top
   if isinstance(optimizer, nnx.Optimizer):
-    if int(np.asarray(optimizer.step.value)) != 0:
-      raise ValueError(f"the nnx.Optimizer has taken {int(optimizer.step.value)} steps; the "
+    taken = int(np.asarray(optimizer.step[...]))
+    if taken != 0:
+      raise ValueError(f"the nnx.Optimizer has taken {taken} steps; the "
                        "train step keeps the optimizer state in TrainState.opt_state, so pass a "
                        "fresh nnx.Optimizer (or its .tx) and restore a TrainState to resume")
     return optimizer.tx, optimizer.wrt
@@ -446,6 +447,8 @@ def make_train_step(loss, optimizer, config=None, *, apply_fn: Callable | None =
   else:
     config = resolve_config(config)
   tx, wrt = _unwrap_optimizer(optimizer)
+  if mesh is None:  # a vocab-parallel loss knows its mesh
+    mesh = getattr(getattr(loss, "backend", None), "mesh", None)
   m = config.accumulation_steps
   compute_dtype = jnp.dtype(config.compute_dtype)
   keep32 = tuple(config.float32_params)
@@ -478,6 +481,9 @@ def make_train_step(loss, optimizer, config=None, *, apply_fn: Callable | None =
                          "NNX model has a default call)")
       return apply_fn(params, micro, **kwargs), model_state
     from flax import nnx  # pylint: disable=g-import-not-at-top
+    # Fresh Variable objects at this trace level (nnx refuses to mutate ones built
+    # at an outer level, e.g. an nnx.Rngs count under jax.grad inside jax.jit).
+    params, model_state = jax.tree.map(lambda x: x, (params, model_state))
     model = nnx.merge(graphdef, params, model_state)
     out = (apply_fn(model, micro) if apply_fn is not None
            else model(loss_lib.batch_field(micro, "tokens")))
