@@ -244,3 +244,39 @@ def test_turn_factors_on_every_backend(rule):
   else:
     with pytest.raises(ValueError, match="vocab_parallel backend computes them only inside its mesh"):
       on_policy.OnPolicyLoss(config, backend=backends.vocab_parallel(mesh))
+
+
+@pytest.mark.slow
+def test_resume_mid_on_policy_phase_is_exact(tmp_path):
+  from sad_jax.training import checkpoint
+  params = tiny_lm.init(jax.random.key(0))
+  teacher_params = tiny_lm.init(jax.random.key(1))
+  recipe = _recipe({"mixture": 0.5, "seed": 2, "turns": {"rule": "departure", "threshold": 0.2,
+                                                         "depth_start": 1}})
+  draws = [recipe.on_policy_batch(n) for n in range(4)]
+  assert any(draws) and not all(draws)  # both sources in the run
+  step = jax.jit(recipe.step)
+  episodes_batch, fixed = _episode_batch(), _fixed_batch(jax.random.key(4), batch=2)
+
+  def run(state, start, stop):
+    for n in range(start, stop):
+      state, _ = step(state, episodes_batch if recipe.on_policy_batch(n) else fixed,
+                      teacher_params)
+    return state
+
+  fresh = lambda: training.init_train_state(params, optax.adam(1e-2), recipe.loss)
+  straight = run(fresh(), 0, 4)
+  with checkpoint.Checkpointer(tmp_path, every_steps=1, async_save=False) as ckpt:
+    ckpt.save(run(fresh(), 0, 2))
+  restored, _ = checkpoint.Checkpointer(tmp_path).restore(fresh())
+  resumed = run(restored, int(restored.step), 4)
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_compose_checks_the_token_factors_shape():
+  batch = _episode_batch()
+  s = tiny_lm.apply(tiny_lm.init(jax.random.key(0)), batch)
+  loss = SADLoss({})
+  with pytest.raises(ValueError, match="token_factors shape"):
+    loss(s, s, batch, loss.init_state(), token_factors=jnp.ones((1, 3)))
