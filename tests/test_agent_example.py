@@ -37,7 +37,7 @@ def test_held_out_split_has_unseen_numbers():
 
 def test_expert_succeeds_on_every_task():
   tasks = calc.generate_tasks("train", 200, seed=1) + calc.generate_tasks("test", 200, seed=1)
-  episodes = rollout_lib.rollout(rollout_lib.ExpertPolicy(tasks), tasks)
+  episodes = rollout_lib.rollout(rollout_lib.ExpertPolicy(calc, tasks), tasks, env=calc)
   assert all(e.success for e in episodes)
   assert all(e.valid_actions == e.turns == len(e.task.ops) + 1 for e in episodes)
   assert [e.text for e in episodes] == [calc.expert_trajectory(t) for t in tasks]
@@ -120,7 +120,7 @@ def test_rollout_loop_with_a_scripted_policy():
       [calc.tool_call_text("2 * 3"), "The answer is 6."],
       ["oops", "never used"],
   ])
-  eps = rollout_lib.rollout(policy, tasks, max_turns=5)
+  eps = rollout_lib.rollout(policy, tasks, env=calc, max_turns=5)
   assert [e.success for e in eps] == [True, False]
   assert [e.turns for e in eps] == [2, 1]
   assert [e.valid_actions for e in eps] == [2, 0]
@@ -206,7 +206,7 @@ def test_model_policy_runs_episodes_in_a_batch(tokenizer):
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
   tasks = calc.generate_tasks("test", 5, seed=0)
   policy = lm.ModelPolicy(graphdef, params, tokenizer, batch_size=3, max_turn_tokens=8)
-  episodes = lm.evaluate_policy(lambda: policy, tasks, batch_size=3, max_turns=3)
+  episodes = lm.evaluate_policy(lambda: policy, tasks, env=calc, batch_size=3, max_turns=3)
   assert [e.task for e in episodes] == tasks
   for e in episodes:
     assert e.text.startswith(calc.prompt_text(e.task)) and 1 <= e.turns <= 3
