@@ -301,6 +301,18 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   again = da.run(cfg, tmp_path)
   assert again["runs"] == summary["runs"]
   assert {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")} == mtimes
+  # Another share of the study (another method list) in the same workdir: its
+  # report is the union of every finished run; config.json is not rewritten.
+  stored = (tmp_path / "config.json").read_text()
+  share = agent_distill.get_config("smoke")
+  share.methods = "token_kd"
+  union = da.run(share, tmp_path)
+  assert list(union["methods"]) == ["token_kd", "sad", "sft"]  # the others by name
+  by_method = lambda runs: sorted(runs, key=lambda r: r["method"])
+  assert by_method(r for r in union["runs"] if r["method"] != "token_kd") == by_method(
+      summary["runs"])
+  assert (tmp_path / "config.json").read_text() == stored
+  assert "− token_kd, per seed" in (tmp_path / "summary.md").read_text()
   # A changed config (but for the run selection) is refused: its results would mix.
   changed = agent_distill.get_config("smoke")
   changed.teacher.steps += 1
@@ -320,3 +332,29 @@ def test_command_line_with_config_overrides(tmp_path):
   assert sft_row.count("|") == 4 and ("+" in sft_row or "-" in sft_row)  # seed 0, − token_kd
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["student_steps"] == 10 and set(summary["methods"]) == {"sft", "token_kd"}
+
+
+@pytest.mark.slow
+def test_two_processes_split_one_study_in_one_workdir(tmp_path):
+  import subprocess
+  from examples import agent_io
+
+  def command(methods):
+    return [sys.executable, str(ROOT / "examples" / "distill_agent.py"),
+            f"--config={ROOT / 'configs' / 'agent_distill.py'}:smoke", f"--workdir={tmp_path}",
+            f"--config.methods={methods}", "--config.student.steps=10"]
+
+  procs = [subprocess.Popen(command(m), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for m in ("sft,token_kd", "sad,token_kd")]
+  outs = [p.communicate(timeout=1200) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  # The shared phases ran once: one teacher log with each step once.
+  steps = [r["step"] for r in agent_io.read_jsonl(tmp_path / "teacher" / "metrics.jsonl")
+           if r["kind"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 20
+  # The last process to finish wrote the union of all runs.
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert sorted(summary["methods"]) == ["sad", "sft", "token_kd"]
+  assert sorted((r["method"], r["seed"]) for r in summary["runs"]) == [
+      ("sad", 0), ("sft", 0), ("token_kd", 0)]
+  assert not list(tmp_path.rglob("*.tmp"))
