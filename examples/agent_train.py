@@ -1,8 +1,9 @@
 """Training of the agent distillation example: every method through one train step.
 
-* :func:`method_objective` / :func:`make_method_step`: a method name (``sft``,
+* :func:`method_loss` / :func:`make_method_step`: a method name (``sft``,
   ``token_kd``, ``sad``, ``sad_<strategy>``; the teacher trains with ``sft`` on
-  the expert's demonstrations) -> its initial state and jitted train step.
+  the expert's demonstrations) -> its loss object, initial state and jitted
+  train step: one :func:`sad_jax.training.make_train_step` for all of them.
 * :func:`run_training`: the loop: resumable (orbax checkpoints of the train
   state and the data position), logged to ``metrics.jsonl``, with periodic
   evaluations; Ctrl-C / SIGTERM save a checkpoint first.
@@ -19,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -31,9 +31,7 @@ from examples import agent_evaluate as evaluate
 from examples import agent_io as io
 from examples import agent_lm as lm
 from sad_jax import objective
-from sad_jax.objective import SpanType
-from sad_jax.objective import _config as sad_config
-from sad_jax.training import _step as train
+from sad_jax import training
 from sad_jax.training import checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -54,94 +52,63 @@ def model(model_cfg, cfg, tokenizer, seed: int):
 def optimizer(run_cfg) -> optax.GradientTransformation:
   """AdamW with linear warmup over ``warmup_steps`` and cosine decay to ``steps``, global
   gradient norm clipped at 1 (:func:`sad_jax.training.make_optimizer`)."""
-  return train.make_optimizer(dict(
+  return training.make_optimizer(dict(
       name="adamw", learning_rate=run_cfg.learning_rate, warmup_steps=run_cfg.warmup_steps,
       decay_steps=max(run_cfg.steps - run_cfg.warmup_steps, 1), grad_clip_norm=1.0))
 
 
-def method_objective(method: str, cfg) -> ml_collections.ConfigDict:
-  """The sad_jax objective config of a distillation method (not ``sft``).
+def method_loss(method: str, cfg) -> training.Loss:
+  """The loss object of a method (:mod:`sad_jax.training`'s ready losses).
 
-  ``token_kd``: forward KL, one uniform weight over the reasoning and action
-  tokens (``tokens`` normalization). ``sad``: ``configs/sad.py:paper``.
-  ``sad_<strategy>``: the paper objective with weighting ``<strategy>``.
+  ``sft``: cross-entropy on the reasoning and action tokens
+  (:func:`sad_jax.training.cross_entropy_loss`, ``tokens`` normalization).
+  ``token_kd``: forward KL(teacher || student), one uniform weight over the
+  reasoning and action tokens (:func:`sad_jax.training.token_kd_loss`).
+  ``sad``: ``configs/sad.py:paper`` (:class:`sad_jax.training.SADLoss`).
+  ``sad_<strategy>``: the paper objective with weighting ``<strategy>``. The
+  distillation methods use the temperature ``cfg.student.temperature``.
 
   Raises:
     ValueError: an unknown method or strategy, naming the allowed ones.
   """
+  if method == "sft":
+    return training.cross_entropy_loss(span_weights=AGENT_SPANS)
   if method == "token_kd":
-    obj = sad_config.default_config()
-    obj.normalization = "tokens"
-  elif method == "sad" or method.startswith("sad_"):
-    obj = sad_config.load_config(str(ROOT / "configs" / "sad.py") + ":paper")
-    if method != "sad":
-      strategy = method[len("sad_"):]
-      if strategy not in sad_config.WEIGHTING_STRATEGIES:
-        raise ValueError(f"unknown method {method!r}; SAD strategies: "
-                         f"{', '.join(sad_config.WEIGHTING_STRATEGIES)}")
-      obj.weighting = strategy
-      obj.curriculum.total_steps = cfg.student.steps
-  else:
+    return training.token_kd_loss(temperature=cfg.student.temperature, span_weights=AGENT_SPANS)
+  if method != "sad" and not method.startswith("sad_"):
     raise ValueError(f"unknown method {method!r}; allowed: sft, token_kd, sad, sad_<strategy>")
+  obj = objective.load_config(str(ROOT / "configs" / "sad.py") + ":paper")
+  if method != "sad":
+    strategy = method[len("sad_"):]
+    if strategy not in objective.STRATEGIES:
+      raise ValueError(f"unknown method {method!r}; SAD strategies: "
+                       f"{', '.join(objective.STRATEGIES)}")
+    obj.weighting = strategy
+    obj.curriculum.total_steps = cfg.student.steps
   obj.span_weights = AGENT_SPANS
   obj.temperature = cfg.student.temperature
-  sad_config.validate(obj)
-  return obj
-
-
-def check_method(method: str, cfg) -> None:
-  """Raises the ValueError of :func:`method_objective` for a bad method name."""
-  if method != "sft":
-    method_objective(method, cfg)
-
-
-def make_ce_step(apply: Callable, tx: optax.GradientTransformation) -> Callable:
-  """Hard-label train step (teacher training and SFT), same state/metrics as the SAD step.
-
-  Loss: the mean cross-entropy over reasoning and action tokens
-  (:func:`sad_jax.objective.hard_label_ce`, reduced by
-  :func:`sad_jax.objective.reduce_tokens`, ``tokens`` normalization).
-  """
-
-  def loss_fn(params, batch):
-    logits = apply(params, batch["tokens"])
-    weights = jnp.where(objective.span_mask(batch["span_ids"], (SpanType.REASONING,
-                                                                SpanType.ACTION)), 1.0, 0.0)
-    ce = objective.hard_label_ce(logits, batch["labels"], where=weights > 0)
-    loss, sums, counts = objective.reduce_tokens(ce, weights, batch["span_ids"],
-                                                 normalization="tokens")
-    return loss, {"loss": (sums, counts)}
-
-  @jax.jit
-  def step(state: train.TrainState, batch):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                 "skipped": jnp.zeros((), bool), "spans": metrics}
-
-  return step
+  return training.SADLoss(obj)
 
 
 def make_method_step(method: str, cfg, apply: Callable, params, tx: optax.GradientTransformation,
-                     seed: int) -> tuple[train.TrainState, Callable]:
+                     seed: int) -> tuple[training.TrainState, Callable]:
   """``(initial train state, jitted step(state, batch) -> (state, metrics))`` of a method.
 
-  The distillation methods read the teacher from ``batch["teacher"]`` (an offline
-  teacher, :meth:`examples.agent_data.Batches.attach_teacher`).
+  Every method, and the teacher (``sft``), trains through the same
+  :func:`sad_jax.training.make_train_step` (non-finite guard included); only the
+  loss object differs. The distillation methods read the teacher from
+  ``batch["teacher"]`` (an offline teacher,
+  :meth:`examples.agent_data.Batches.attach_teacher`).
   """
-  if method == "sft":
-    return train.init_train_state(params, tx, {"seed": seed}), make_ce_step(apply, tx)
-  tcfg = train.resolve_config({"objective": method_objective(method, cfg), "seed": seed,
-                               "optimizer": {"learning_rate": cfg.student.learning_rate}})
-  step = jax.jit(train.make_train_step(lambda p, b: apply(p, b["tokens"]), tx, tcfg))
-  return train.init_train_state(params, tx, tcfg), step
+  loss = method_loss(method, cfg)
+  state = training.init_train_state(params, tx, loss, config={"seed": seed})
+  step = training.make_train_step(loss, tx, apply_fn=lambda p, b: apply(p, b["tokens"]))
+  return state, jax.jit(step)
 
 
-def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step_fn: Callable,
+def run_training(name: str, run_dir: pathlib.Path, state: training.TrainState, step_fn: Callable,
                  batches: agent_data.Batches, steps: int, cfg, eval_every: int,
-                 eval_fn: Callable[[Any], dict]) -> train.TrainState:
+                 eval_fn: Callable[[Any], dict]) -> training.TrainState:
   """Trains ``state`` to ``steps``, resuming from ``run_dir/ckpt``; logs to metrics.jsonl.
 
   A checkpoint (:class:`sad_jax.training.checkpoint.Checkpointer`: the TrainState and the
@@ -173,7 +140,7 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == steps:
-          record = train.summarize(metrics)
+          record = training.summarize(metrics)
           now = time.perf_counter()
           record.update(kind="train", step=done,
                         seconds_per_step=(now - t_last) / (done - step_last))
@@ -204,7 +171,7 @@ def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step
   return state
 
 
-def restore_params(run_dir: pathlib.Path, state: train.TrainState):
+def restore_params(run_dir: pathlib.Path, state: training.TrainState):
   """The params of the latest checkpoint of a finished run."""
   with checkpoint.Checkpointer(run_dir / "ckpt") as ckpt:
     return ckpt.restore(state)[0].params

@@ -65,7 +65,7 @@ def run(cfg, workdir: pathlib.Path) -> dict:
   env = agent_env.get(cfg.env)
   agent_data.env_options(cfg, env)
   for m in methods:
-    agent_train.check_method(m, cfg)  # fail on a bad method before any training
+    agent_train.method_loss(m, cfg)  # fail on a bad method before any training
   agent_io.claim_workdir(cfg, workdir)
   data = agent_data.prepare_data(cfg, workdir, env)
   t_graphdef, t_params, _ = agent_train.train_teacher(cfg, workdir, data)

@@ -104,20 +104,24 @@ def test_sad_loss_is_the_sum_of_the_reasoning_and_action_means():
   np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
 
 
-def test_method_objectives_and_errors():
+def test_method_losses_and_errors():
   cfg = agent_distill.get_config("smoke")
-  assert agent_train.method_objective("token_kd", cfg).normalization == "tokens"
-  sad = agent_train.method_objective("sad", cfg)
+  sft = agent_train.method_loss("sft", cfg)
+  assert not sft.needs_teacher and sft.config.hard_label_weight == 1
+  kd = agent_train.method_loss("token_kd", cfg)
+  assert kd.needs_teacher and kd.config.normalization == "tokens"
+  sad = agent_train.method_loss("sad", cfg).config
   assert sad.normalization == "span_mean" and sad.weighting == "uniform"
-  cur = agent_train.method_objective("sad_curriculum", cfg)
+  cur = agent_train.method_loss("sad_curriculum", cfg).config
   assert cur.weighting == "curriculum" and cur.curriculum.total_steps == cfg.student.steps
+  for loss in (sft, kd):
+    assert loss.config.span_weights.to_dict() == agent_train.AGENT_SPANS.to_dict()
   for obj in (sad, cur):
-    assert obj.span_weights.observation == 0 and obj.span_weights.reasoning == 1
-  agent_train.check_method("sft", cfg)
-  with pytest.raises(ValueError, match="unknown method 'sad_nope'; SAD strategies"):
-    agent_train.check_method("sad_nope", cfg)
+    assert obj.span_weights.to_dict() == agent_train.AGENT_SPANS.to_dict()
+  with pytest.raises(ValueError, match="unknown method 'sad_nope'; SAD strategies: uniform"):
+    agent_train.method_loss("sad_nope", cfg)
   with pytest.raises(ValueError, match="unknown method 'dpo'; allowed: sft, token_kd"):
-    agent_train.check_method("dpo", cfg)
+    agent_train.method_loss("dpo", cfg)
 
 
 def test_train_seconds_sums_the_logged_step_times(tmp_path):
