@@ -19,11 +19,12 @@ Presets:
   5.4x smaller student distilled with SFT, token-level KD and SAD (one seed, 1000
   steps each), each evaluated on 1000 held-out tasks. 13 min 52 s from scratch on
   the 2-core CPU when measured (README, "End-to-end agent distillation").
-* ``study`` -- the comparison of the issue: every method (SFT, token-level KD,
-  SAD ``paper`` and the other SAD weighting strategies) x 3 seeds, the ``default``
-  teacher trained 3500 steps, students trained for 2000 steps (at 1000, one seed in three had not made
-  its late jump in success with any method; at 2000 the curves are flat), learning
-  curves, 1000 held-out tasks per run: 27 runs (README: how they were run).
+* ``study`` -- the method comparison: every method (SFT, token-level KD, SAD
+  ``paper`` and the other SAD weighting strategies) x 3 seeds, the ``default``
+  teacher trained 3500 steps, students trained for 2000 steps (at 1000, one seed
+  in three had not made its late jump in success with any method; at 2000 the
+  curves are flat), learning curves, 1000 held-out tasks per run: 27 runs
+  (README: how they were run).
 
 Methods (``config.methods``):
 

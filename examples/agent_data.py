@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from examples import agent_io as io
+from examples import agent_io
 from examples import agent_lm as lm
 from sad_jax.data import trajectories as tj
 
@@ -84,17 +84,17 @@ def prepare_data(cfg, workdir: pathlib.Path, env: types.ModuleType) -> Data:
   train_tasks, distill_tasks, eval_tasks = generate_tasks(cfg, env)
   corpus = [env.expert_trajectory(t) for t in train_tasks]
   tok_path = workdir / "tokenizer.json"
-  with io.locked(workdir / ".tokenizer.lock"):
+  with agent_io.locked(workdir / ".tokenizer.lock"):
     if tok_path.exists():
       tokenizer = Tokenizer.from_file(str(tok_path))
     else:
       tokenizer = lm.train_tokenizer(corpus, cfg.vocab_size)
-      io.write_atomic(tok_path, tokenizer.to_str())
+      agent_io.write_atomic(tok_path, tokenizer.to_str())
   examples = [lm.encode_trajectory(t, tokenizer)
               for t in tqdm(corpus, desc="tokenize demonstrations", leave=False)]
   kl_texts = [env.expert_trajectory(t) for t in eval_tasks[:cfg.num_kl_trajectories]]
   kl = tj.batch([lm.encode_trajectory(t, tokenizer) for t in kl_texts],
-                seq_len=max(io.csv_list(cfg.buckets, int)))
+                seq_len=max(agent_io.csv_list(cfg.buckets, int)))
   return Data(env, tokenizer, train_tasks, distill_tasks, eval_tasks,
               eval_tasks[:cfg.num_curve_tasks], examples,
               {"tokens": kl.tokens, "labels": kl.labels, "span_ids": kl.span_ids})
@@ -120,12 +120,12 @@ def distill_examples(cfg, workdir: pathlib.Path, data: Data,
     RuntimeError: no rollout is kept (the teacher solved nothing).
   """
   path = workdir / "distill_data.jsonl"
-  with io.locked(workdir / ".distill_data.lock"):
+  with agent_io.locked(workdir / ".distill_data.lock"):
     if not path.exists():
       episodes = rollouts(data.distill_tasks)
-      io.write_atomic(path, "".join(json.dumps({"text": e.text, "success": e.success}) + "\n"
-                                    for e in episodes))
-  records = io.read_jsonl(path)
+      agent_io.write_atomic(path, "".join(
+          json.dumps({"text": e.text, "success": e.success}) + "\n" for e in episodes))
+  records = agent_io.read_jsonl(path)
   solved = [r["text"] for r in records if r["success"]]
   kept = [r["text"] for r in records] if cfg.keep_failed_trajectories else solved
   if not kept:

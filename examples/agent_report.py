@@ -9,7 +9,7 @@ can rebuild it, and the last one to finish writes the union of all runs.
 """
 from __future__ import annotations
 
-import io as _io
+import io
 import json
 import pathlib
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from examples import agent_evaluate as evaluate
-from examples import agent_io as io
+from examples import agent_io
 
 METRICS = (("success", "success"), ("valid_action_rate", "valid actions"),
            ("steps", "steps"), ("reasoning_tokens", "reasoning tokens"),
@@ -87,9 +87,9 @@ def markdown_table(summary: dict) -> str:
 
 def _save(fig, path: pathlib.Path) -> None:
   """``fig`` as a PNG at ``path``, atomically."""
-  buf = _io.BytesIO()
+  buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
-  io.write_atomic(path, buf.getvalue())
+  agent_io.write_atomic(path, buf.getvalue())
 
 
 def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
@@ -105,7 +105,7 @@ def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   methods = summary["methods"]
-  logs = {(m, s): io.read_jsonl(io.run_dir(workdir, m, s) / "metrics.jsonl")
+  logs = {(m, s): agent_io.read_jsonl(agent_io.run_dir(workdir, m, s) / "metrics.jsonl")
           for m, agg in methods.items() for s in agg["seeds"]}
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
   for ax, span in zip(axes, evaluate.REPORT_SPANS):
@@ -182,7 +182,7 @@ def write_report(workdir: pathlib.Path, *, student_steps: int, distill_stats: di
   }
   if runs:
     summary["student_params"] = runs[0]["params"]
-    io.write_atomic(workdir / "summary.md", markdown_table(summary))
+    agent_io.write_atomic(workdir / "summary.md", markdown_table(summary))
     summary["plots"] = plot(workdir, summary)
-  io.write_json(workdir / "summary.json", summary)
+  agent_io.write_json(workdir / "summary.json", summary)
   return summary

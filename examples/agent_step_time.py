@@ -2,7 +2,7 @@ r"""Median train-step time of each method of the agent example, measured in one 
 
 .. code-block:: bash
 
-  python examples/agent_step_time.py --preset=default --steps=60
+  python examples/agent_step_time.py --preset=default --steps=60 --buckets=176
 
 Every method's step (:func:`examples.agent_train.make_method_step`: the one
 library train step with the method's loss) trains the same student
@@ -48,10 +48,13 @@ def _timed(fn) -> float:
 
 
 def measure(methods, *, preset: str = "default", num_examples: int = 256, steps: int = 60,
-            seed: int = 0) -> dict:
+            buckets: str | None = None, seed: int = 0) -> dict:
   """``{"loop": {...}, "device": {...}}``, each ``{"median_seconds": {method: s},
-  "ratio_to_sft": {method: r}}``, plus the shapes measured."""
+  "ratio_to_sft": {method: r}}``, plus the shapes measured. ``buckets``: padded lengths
+  (``"176"``: one compilation per method), default the preset's."""
   cfg = agent_distill.get_config(preset)
+  if buckets:
+    cfg.buckets = buckets
   env = agent_env.get(cfg.env)
   tasks = env.generate_tasks("train", num_examples, seed, **cfg.env_options)
   texts = [env.expert_trajectory(t) for t in tasks]
@@ -105,9 +108,11 @@ def main(argv=None):
   p.add_argument("--methods", default="sft,token_kd,sad")
   p.add_argument("--examples", type=int, default=256, help="training trajectories")
   p.add_argument("--steps", type=int, default=60, help="timed steps per method and kind")
+  p.add_argument("--buckets", default=None, help="padded lengths, default the preset's")
   args = p.parse_args(argv)
   print(json.dumps(measure(agent_io.csv_list(args.methods), preset=args.preset,
-                           num_examples=args.examples, steps=args.steps), indent=2))
+                           num_examples=args.examples, steps=args.steps,
+                           buckets=args.buckets), indent=2))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from examples import agent_data
 from examples import agent_evaluate as evaluate
-from examples import agent_io as io
+from examples import agent_io
 from examples import agent_lm as lm
 from sad_jax import objective
 from sad_jax import training
@@ -130,8 +130,9 @@ def run_training(name: str, run_dir: pathlib.Path, state: training.TrainState, s
   start = int(state.step)
   if start:
     print(f"{name}: resumed from step {start}", file=sys.stderr)
-  io.write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in io.read_jsonl(log_path)
-                                    if r["step"] <= start))
+  agent_io.write_atomic(log_path, "".join(json.dumps(r) + "\n"
+                                          for r in agent_io.read_jsonl(log_path)
+                                          if r["step"] <= start))
   try:
     with open(log_path, "a") as log, tqdm(total=steps, initial=start, desc=name) as bar:
       t_last, step_last = time.perf_counter(), start
@@ -179,7 +180,7 @@ def restore_params(run_dir: pathlib.Path, state: training.TrainState):
 
 def train_seconds(run_dir: pathlib.Path) -> float:
   """Training time (evaluations excluded) from the log's per-step timings."""
-  records = [r for r in io.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+  records = [r for r in agent_io.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
   total, prev = 0.0, 0
   for r in records:
     total += r["seconds_per_step"] * (r["step"] - prev)
@@ -199,11 +200,11 @@ def train_teacher(cfg, workdir: pathlib.Path, data: agent_data.Data):
   state, step_fn = make_method_step("sft", cfg, lm.make_apply(graphdef), params, tx,
                                     cfg.teacher.seed)
   result_path = run_dir / "result.json"
-  with io.locked(workdir / ".teacher.lock"):
+  with agent_io.locked(workdir / ".teacher.lock"):
     if result_path.exists():
       return graphdef, restore_params(run_dir, state), json.loads(result_path.read_text())
     evaluator = evaluate.Evaluator(graphdef, cfg, data)
-    batches = agent_data.Batches(data.teacher_examples, io.csv_list(cfg.buckets, int),
+    batches = agent_data.Batches(data.teacher_examples, agent_io.csv_list(cfg.buckets, int),
                                  cfg.batch_size, seed=cfg.teacher.seed)
     state = run_training("teacher", run_dir, state, step_fn, batches, cfg.teacher.steps, cfg,
                          cfg.teacher.eval_every,
@@ -215,7 +216,7 @@ def train_teacher(cfg, workdir: pathlib.Path, data: agent_data.Data):
     if final["success"] < cfg.teacher.min_success:
       logging.warning("teacher success %.3f < %.2f: students will imitate a weak teacher",
                       final["success"], cfg.teacher.min_success)
-    io.write_json(result_path, result)
+    agent_io.write_json(result_path, result)
   return graphdef, state.params, result
 
 
@@ -233,11 +234,11 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
   ``teacher_cache``: :func:`examples.agent_data.teacher_logits` of ``examples``
   (computed here when None and the method distills).
   """
-  run_dir = io.run_dir(workdir, method, seed)
+  run_dir = agent_io.run_dir(workdir, method, seed)
   result_path = run_dir / "result.json"
   if result_path.exists():
     return json.loads(result_path.read_text())
-  with io.try_locked(run_dir.with_name(run_dir.name + ".lock")) as mine:
+  with agent_io.try_locked(run_dir.with_name(run_dir.name + ".lock")) as mine:
     if not mine:
       print(f"{method} seed {seed} is being trained by another process; skipped",
             file=sys.stderr)
@@ -248,8 +249,8 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
     apply = lm.make_apply(graphdef)
     teacher_apply = lm.make_apply(teacher_graphdef)
     tx = optimizer(cfg.student)
-    batches = agent_data.Batches(examples, io.csv_list(cfg.buckets, int), cfg.batch_size,
-                                 seed=1000 + seed)
+    batches = agent_data.Batches(examples, agent_io.csv_list(cfg.buckets, int),
+                                 cfg.batch_size, seed=1000 + seed)
     state, step_fn = make_method_step(method, cfg, apply, params, tx, seed)
     if method != "sft":
       if teacher_cache is None:
@@ -270,5 +271,5 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
     result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
                   train_steps=cfg.student.steps, train_seconds=train_seconds(run_dir),
                   **{f"kl/{k}": v for k, v in kl.items()})
-    io.write_json(result_path, result)
+    agent_io.write_json(result_path, result)
   return result

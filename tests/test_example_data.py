@@ -1,4 +1,4 @@
-"""The agent example's data: tasks, tokenizer, teacher rollouts, batches (examples/agent_data.py)."""
+"""The agent example's data: tasks, tokenizer, rollouts, batches (examples/agent_data.py)."""
 from __future__ import annotations
 
 import pathlib
