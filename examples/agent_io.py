@@ -8,6 +8,7 @@ Layout (every file is written atomically, by one process)::
   WORKDIR/distill_data.jsonl       the teacher's rollouts on training tasks
   WORKDIR/students/METHOD-seedS/   ckpt/, metrics.jsonl, result.json (one run)
   WORKDIR/summary.{json,md}, *.png the report: the union of the runs that exist
+  WORKDIR/.*.lock, students/*.lock  the (empty) lock files of the phases and runs
 
 Several processes may share a workdir (e.g. one per method): the shared phases
 (tokenizer, teacher, teacher rollouts) and each run are done under a file lock
