@@ -311,15 +311,16 @@ class ModelPolicy:
     return out
 
 
-def evaluate_policy(make_policy: Callable[[], object], tasks: Sequence, *, batch_size: int,
-                    max_turns: int = 6, progress=None):
-  """Rolls out ``tasks`` in chunks of ``batch_size``; returns the episodes in order."""
+def evaluate_policy(make_policy: Callable[[], object], tasks: Sequence, *, env,
+                    batch_size: int, max_turns: int | None = None, progress=None):
+  """Rolls out ``tasks`` of environment ``env`` in chunks of ``batch_size``; returns the
+  episodes in order (``max_turns``: default the environment's ``MAX_TURNS``)."""
   from examples.agent_env import rollout  # pylint: disable=g-import-not-at-top
   policy = make_policy()
   episodes = []
   for start in range(0, len(tasks), batch_size):
     chunk = tasks[start:start + batch_size]
-    episodes += rollout(policy, chunk, max_turns=max_turns)
+    episodes += rollout(policy, chunk, env=env, max_turns=max_turns)
     if progress is not None:
       progress.update(len(chunk))
   return episodes

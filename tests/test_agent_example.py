@@ -37,7 +37,7 @@ def test_held_out_split_has_unseen_numbers():
 
 def test_expert_succeeds_on_every_task():
   tasks = calc.generate_tasks("train", 200, seed=1) + calc.generate_tasks("test", 200, seed=1)
-  episodes = rollout_lib.rollout(rollout_lib.ExpertPolicy(tasks), tasks)
+  episodes = rollout_lib.rollout(rollout_lib.ExpertPolicy(calc, tasks), tasks, env=calc)
   assert all(e.success for e in episodes)
   assert all(e.valid_actions == e.turns == len(e.task.ops) + 1 for e in episodes)
   assert [e.text for e in episodes] == [calc.expert_trajectory(t) for t in tasks]
@@ -120,7 +120,7 @@ def test_rollout_loop_with_a_scripted_policy():
       [calc.tool_call_text("2 * 3"), "The answer is 6."],
       ["oops", "never used"],
   ])
-  eps = rollout_lib.rollout(policy, tasks, max_turns=5)
+  eps = rollout_lib.rollout(policy, tasks, env=calc, max_turns=5)
   assert [e.success for e in eps] == [True, False]
   assert [e.turns for e in eps] == [2, 1]
   assert [e.valid_actions for e in eps] == [2, 0]
@@ -206,7 +206,7 @@ def test_model_policy_runs_episodes_in_a_batch(tokenizer):
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
   tasks = calc.generate_tasks("test", 5, seed=0)
   policy = lm.ModelPolicy(graphdef, params, tokenizer, batch_size=3, max_turn_tokens=8)
-  episodes = lm.evaluate_policy(lambda: policy, tasks, batch_size=3, max_turns=3)
+  episodes = lm.evaluate_policy(lambda: policy, tasks, env=calc, batch_size=3, max_turns=3)
   assert [e.task for e in episodes] == tasks
   for e in episodes:
     assert e.text.startswith(calc.prompt_text(e.task)) and 1 <= e.turns <= 3
@@ -215,21 +215,23 @@ def test_model_policy_runs_episodes_in_a_batch(tokenizer):
 
 def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
   import jax
+  import ml_collections
   import numpy as np
+  from examples import agent_data, agent_io, agent_train
   from examples import agent_lm as lm
-  from examples import distill_agent as da
-  from sad_jax.training import _step as train
-  cfg = da.ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
+  cfg = ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
   examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
               for t in calc.generate_tasks("train", 16, seed=0)]
-  batches = da.Batches(examples, [208], batch_size=4, seed=0)
+  batches = agent_data.Batches(examples, [208], batch_size=4, seed=0)
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
-  run_cfg = da.ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, steps=8))
-  tx = da.optimizer(run_cfg)
-  step = da.make_ce_step(lm.make_apply(graphdef), tx)
-  fresh = lambda: train.init_train_state(params, tx, {})
-  no_eval = lambda p: {}
+  run_cfg = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, steps=8))
+  tx = agent_train.optimizer(run_cfg)
 
+  def fresh():
+    return agent_train.make_method_step("sft", cfg, lm.make_apply(graphdef), params, tx, 0)
+
+  no_eval = lambda p: {}
+  state, step = fresh()
   calls = {"n": 0}
 
   def interrupting_step(state, batch):
@@ -238,13 +240,14 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
       raise KeyboardInterrupt
     return step(state, batch)
 
+  run = agent_train.run_training
   with pytest.raises(KeyboardInterrupt):
-    da.run_training("t", tmp_path / "a", fresh(), interrupting_step, batches, 8, cfg, 4, no_eval)
+    run("t", tmp_path / "a", state, interrupting_step, batches, 8, cfg, 4, no_eval)
   assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["3", "5"]
-  resumed = da.run_training("t", tmp_path / "a", fresh(), step, batches, 8, cfg, 4, no_eval)
-  straight = da.run_training("t", tmp_path / "b", fresh(), step, batches, 8, cfg, 4, no_eval)
+  resumed = run("t", tmp_path / "a", fresh()[0], step, batches, 8, cfg, 4, no_eval)
+  straight = run("t", tmp_path / "b", fresh()[0], step, batches, 8, cfg, 4, no_eval)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
-  log = da.read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  log = agent_io.read_jsonl(tmp_path / "a" / "metrics.jsonl")
   assert [(r["kind"], r["step"]) for r in log] == [
       ("train", 2), ("train", 4), ("eval", 4), ("train", 6), ("train", 8), ("eval", 8)]
 
@@ -252,14 +255,14 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
 def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenizer):
   import jax.numpy as jnp
   import numpy as np
+  from examples import agent_data
   from examples import agent_lm as lm
-  from examples import distill_agent as da
   examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
               for t in calc.generate_tasks("train", 12, seed=1)]
-  batches = da.Batches(examples, [150, 208], batch_size=5, seed=0)
+  batches = agent_data.Batches(examples, [150, 208], batch_size=5, seed=0)
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
   apply = lm.make_apply(graphdef)
-  batches.attach_teacher(da.teacher_logits(apply, params, batches, chunk=4))
+  batches.attach_teacher(agent_data.teacher_logits(apply, params, batches, chunk=4))
   for step in range(3):
     b = batches.get(step)
     online = np.asarray(apply(params, jnp.asarray(b["tokens"])))
@@ -274,6 +277,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
 
 
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
+  from examples import agent_io
   from examples import distill_agent as da
   from configs import agent_distill
   cfg = agent_distill.get_config("smoke")
@@ -287,7 +291,7 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   for run in summary["runs"]:
     assert 0.0 <= run["success"] <= 1.0 and run["num_tasks"] == cfg.num_eval_tasks
     assert run["kl/reasoning"] > 0 and run["kl/action"] > 0
-  sad_log = da.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
+  sad_log = agent_io.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
   assert any("loss/reasoning" in r and "loss/action" in r for r in sad_log if r["kind"] == "train")
   table = (tmp_path / "summary.md").read_text()
   assert "| sad | 1 |" in table and "| sft | 1 |" in table
@@ -297,6 +301,18 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   again = da.run(cfg, tmp_path)
   assert again["runs"] == summary["runs"]
   assert {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")} == mtimes
+  # Another share of the study (another method list) in the same workdir: its
+  # report is the union of every finished run; config.json is not rewritten.
+  stored = (tmp_path / "config.json").read_text()
+  share = agent_distill.get_config("smoke")
+  share.methods = "token_kd"
+  union = da.run(share, tmp_path)
+  assert list(union["methods"]) == ["token_kd", "sad", "sft"]  # the others by name
+  by_method = lambda runs: sorted(runs, key=lambda r: r["method"])
+  assert by_method(r for r in union["runs"] if r["method"] != "token_kd") == by_method(
+      summary["runs"])
+  assert (tmp_path / "config.json").read_text() == stored
+  assert "− token_kd, per seed" in (tmp_path / "summary.md").read_text()
   # A changed config (but for the run selection) is refused: its results would mix.
   changed = agent_distill.get_config("smoke")
   changed.teacher.steps += 1
@@ -316,3 +332,29 @@ def test_command_line_with_config_overrides(tmp_path):
   assert sft_row.count("|") == 4 and ("+" in sft_row or "-" in sft_row)  # seed 0, − token_kd
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["student_steps"] == 10 and set(summary["methods"]) == {"sft", "token_kd"}
+
+
+@pytest.mark.slow
+def test_two_processes_split_one_study_in_one_workdir(tmp_path):
+  import subprocess
+  from examples import agent_io
+
+  def command(methods):
+    return [sys.executable, str(ROOT / "examples" / "distill_agent.py"),
+            f"--config={ROOT / 'configs' / 'agent_distill.py'}:smoke", f"--workdir={tmp_path}",
+            f"--config.methods={methods}", "--config.student.steps=10"]
+
+  procs = [subprocess.Popen(command(m), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for m in ("sft,token_kd", "sad,token_kd")]
+  outs = [p.communicate(timeout=1200) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  # The shared phases ran once: one teacher log with each step once.
+  steps = [r["step"] for r in agent_io.read_jsonl(tmp_path / "teacher" / "metrics.jsonl")
+           if r["kind"] == "train"]
+  assert steps == sorted(set(steps)) and steps[-1] == 20
+  # The last process to finish wrote the union of all runs.
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert sorted(summary["methods"]) == ["sad", "sft", "token_kd"]
+  assert sorted((r["method"], r["seed"]) for r in summary["runs"]) == [
+      ("sad", 0), ("sft", 0), ("token_kd", 0)]
+  assert not list(tmp_path.rglob("*.tmp"))

@@ -7,7 +7,7 @@ intermediate result from the previous observation into the next tool call, then
 state ``The answer is N.``. The numbers are large enough (products up to six
 digits) that guessing does not work: the tool is needed and so is copying.
 
-Everything is ChatML (Qwen / Hermes tool-calling layout)::
+Everything is ChatML in the layout of :mod:`examples.agent_env.base`::
 
   <|im_start|>system
   Solve the task with the calculator tool, one operation per call.<|im_end|>
@@ -32,18 +32,20 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import re
 
 import numpy as np
 
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+from examples.agent_env import base
+from examples.agent_env.base import IM_END, observation_text
+
 SYSTEM_PROMPT = "Solve the task with the calculator tool, one operation per call."
 OPS = ("+", "-", "*")
 SPLITS = ("train", "test")
+OPTIONS = {"min_ops": 2, "max_ops": 3}  # generate_tasks' options and their defaults
+MAX_TURNS = 6  # 3 tool calls + the answer need 4
 MIN_OPERAND, MAX_OPERAND = 2, 99
 _ANSWER = re.compile(r"The answer is (-?\d+)\.")
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def is_held_out_number(value: int) -> bool:
@@ -98,8 +100,8 @@ def _apply(op: str, a: int, b: int) -> int:
   return a * b
 
 
-def generate_tasks(split: str, n: int, seed: int, *, min_ops: int = 2,
-                   max_ops: int = 3) -> list[Task]:
+def generate_tasks(split: str, n: int, seed: int, *, min_ops: int = OPTIONS["min_ops"],
+                   max_ops: int = OPTIONS["max_ops"]) -> list[Task]:
   """``n`` distinct tasks of a split, a deterministic function of the arguments.
 
   Args:
@@ -137,19 +139,12 @@ def generate_tasks(split: str, n: int, seed: int, *, min_ops: int = 2,
 
 def prompt_text(task: Task) -> str:
   """The ChatML prefix an agent continues: system, user question, assistant header."""
-  return (f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n"
-          f"{IM_START}user\n{task.question}{IM_END}\n{IM_START}assistant\n")
-
-
-def observation_text(result: str) -> str:
-  """What follows an assistant turn that called the tool (ends with the next header)."""
-  return (f"\n{IM_START}user\n<tool_response>{result}</tool_response>{IM_END}\n"
-          f"{IM_START}assistant\n")
+  return base.prompt_text(SYSTEM_PROMPT, task.question)
 
 
 def tool_call_text(expression: str) -> str:
-  call = {"name": "calculator", "arguments": {"expression": expression}}
-  return f"<tool_call>{json.dumps(call)}</tool_call>"
+  """The calculator call on ``expression``."""
+  return base.tool_call_text("calculator", {"expression": expression})
 
 
 def expert_turns(task: Task) -> list[str]:
@@ -206,25 +201,7 @@ def evaluate_expression(expression: str) -> int:
   return ev(tree)
 
 
-@dataclasses.dataclass
-class StepResult:
-  """What the environment answers to one assistant turn.
-
-  Attributes:
-    observation: text to append before the next assistant turn (None when done).
-    done: the episode is over: the turn held no tool call (an answer, or
-      neither: a failure) or the turn limit was reached.
-    success: the episode is over with the correct answer.
-    valid_action: the turn held exactly one parseable calculator call with an
-      expression the tool could evaluate, or a well-formed answer.
-  """
-  observation: str | None
-  done: bool
-  success: bool
-  valid_action: bool
-
-
-class CalculatorEnv:
+class CalculatorEnv(base.ToolEnv):
   """One episode of a :class:`Task`: parses assistant turns, runs the tool, checks success.
 
   Args:
@@ -232,63 +209,24 @@ class CalculatorEnv:
     max_turns: the episode ends (unsuccessfully) after this many assistant turns.
   """
 
-  def __init__(self, task: Task, max_turns: int = 6):
-    if max_turns < 1:
-      raise ValueError(f"max_turns must be >= 1, got {max_turns}")
-    self.task = task
-    self.max_turns = max_turns
-    self.turns = 0
-    self.valid_actions = 0
-    self.done = False
-    self.success = False
-    self.text = ""
+  def __init__(self, task: Task, max_turns: int = MAX_TURNS):
+    super().__init__(task, max_turns)
 
-  def reset(self) -> str:
-    """Starts the episode; returns the prompt (ending with the assistant header)."""
-    self.turns = self.valid_actions = 0
-    self.done = self.success = False
-    self.text = prompt_text(self.task)
-    return self.text
+  def prompt(self) -> str:
+    return prompt_text(self.task)
 
-  def _act(self, content: str) -> tuple[str | None, bool]:
-    """(tool result or error text, or None for a final answer; valid)."""
-    calls = _TOOL_CALL.findall(content)
-    if len(calls) > 1:
-      return "error: one tool call per turn", False
-    if calls:
+  def act(self, content: str) -> tuple[str | None, bool, bool]:
+    try:
+      expression = base.parse_tool_call(content, "calculator", "expression")
+    except base.ToolCallError as e:
+      return f"error: {e}", False, False
+    if expression is not None:
       try:
-        call = json.loads(calls[0])
-      except json.JSONDecodeError:
-        return "error: tool call is not valid JSON", False
-      if not (isinstance(call, dict) and call.get("name") == "calculator"
-              and isinstance(call.get("arguments"), dict)
-              and isinstance(call["arguments"].get("expression"), str)):
-        return 'error: expected {"name": "calculator", "arguments": {"expression": ...}}', False
-      try:
-        return str(evaluate_expression(call["arguments"]["expression"])), True
+        return str(evaluate_expression(expression)), True, False
       except ValueError as e:
-        return f"error: {e}", False
-    return None, _ANSWER.search(content) is not None
+        return f"error: {e}", False, False
+    match = _ANSWER.search(content)
+    return None, match is not None, match is not None and int(match.group(1)) == self.task.answer
 
-  def step(self, assistant_turn: str) -> StepResult:
-    """Executes one assistant turn (its text, with or without the closing ``<|im_end|>``)."""
-    if self.done:
-      raise RuntimeError("step() on a finished episode; call reset()")
-    if not assistant_turn.endswith(IM_END):
-      assistant_turn += IM_END
-    content = assistant_turn[:-len(IM_END)]
-    self.text += assistant_turn
-    self.turns += 1
-    result, valid = self._act(content)
-    self.valid_actions += int(valid)
-    if result is None:
-      match = _ANSWER.search(content)
-      self.done = True
-      self.success = match is not None and int(match.group(1)) == self.task.answer
-      return StepResult(None, True, self.success, valid)
-    if self.turns >= self.max_turns:
-      self.done = True
-      return StepResult(None, True, False, valid)
-    obs = observation_text(result)
-    self.text += obs
-    return StepResult(obs, False, False, valid)
+
+Env = CalculatorEnv  # the environment interface's name (examples.agent_env)

@@ -15,10 +15,9 @@ new text.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Sequence
-from typing import Protocol
-
-from examples.agent_env.calculator import CalculatorEnv, Task, expert_turns
+from typing import Any, Protocol
 
 
 class Policy(Protocol):
@@ -35,31 +34,34 @@ class Episode:
   """The outcome of one episode.
 
   Attributes:
-    task: the task.
+    task: the task (the environment's ``Task``).
     text: the full ChatML trajectory (prompt, turns, observations).
     success: the environment's verdict.
     turns: assistant turns taken.
     valid_actions: turns with a valid tool call or a well-formed answer.
   """
-  task: Task
+  task: Any
   text: str
   success: bool
   turns: int
   valid_actions: int
 
 
-def rollout(policy: Policy, tasks: Sequence[Task], *, max_turns: int = 6) -> list[Episode]:
+def rollout(policy: Policy, tasks: Sequence, *, env: types.ModuleType,
+            max_turns: int | None = None) -> list[Episode]:
   """Runs one episode per task, all in one batch, until each ends.
 
   Args:
     policy: see the module docstring.
     tasks: the tasks (episode ``i`` is ``tasks[i]``).
-    max_turns: the environment's turn limit.
+    env: the environment module (:func:`examples.agent_env.get`).
+    max_turns: the episode turn limit; default the environment's ``MAX_TURNS``.
 
   Returns:
     One :class:`Episode` per task, in order.
   """
-  envs = [CalculatorEnv(t, max_turns=max_turns) for t in tasks]
+  limit = env.MAX_TURNS if max_turns is None else max_turns
+  envs = [env.Env(t, max_turns=limit) for t in tasks]
   feeds = {i: env.reset() for i, env in enumerate(envs)}
   policy.begin(len(envs))
   while feeds:
@@ -75,10 +77,10 @@ def rollout(policy: Policy, tasks: Sequence[Task], *, max_turns: int = 6) -> lis
 
 
 class ExpertPolicy:
-  """The scripted expert: replays :func:`expert_turns` of each task."""
+  """The scripted expert: replays the environment's ``expert_turns`` of each task."""
 
-  def __init__(self, tasks: Sequence[Task]):
-    self._turns = [expert_turns(t) for t in tasks]
+  def __init__(self, env: types.ModuleType, tasks: Sequence):
+    self._turns = [env.expert_turns(t) for t in tasks]
     self._next: list[int] = []
 
   def begin(self, n: int) -> None:
