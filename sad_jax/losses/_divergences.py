@@ -518,7 +518,8 @@ def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   beta = _check_static(
       "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
-      hint="; for the endpoints use sad_jax.losses._divergences.forward_kl or reverse_kl")
+      hint=("; beta -> 0 is forward KL(teacher || student): use sad_jax.losses.forward_kl; "
+            "beta -> 1 is reverse KL(student || teacher): use sad_jax.losses.reverse_kl"))
   if not _is_sparse(teacher_logits):
     return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
                        where)
