@@ -159,10 +159,13 @@ def _hoist_see_also(app, what, name, obj, options, lines):
   argument; it is a sentence about the whole signature, so it becomes a paragraph.
   """
   del app, what, name, obj, options
-  moved = [m.group(1) for m in map(_SEE_ALSO.match, lines) if m]
-  if moved:
-    lines[:] = [l for l in lines if not _SEE_ALSO.match(l)]
-    lines += ["", "Other args and returns as " + moved[0]]
+  for i, line in enumerate(lines):
+    m = _SEE_ALSO.match(line)
+    if m:
+      del lines[i]
+      end = next((j for j in range(i, len(lines)) if not lines[j].strip()), len(lines))
+      lines[end:end] = ["", "Other args and returns as " + m.group(1)]
+      return
 
 
 def _source_read(app, docname, source):
