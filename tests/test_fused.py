@@ -115,8 +115,8 @@ def test_never_builds_n_by_v():
   fn = jax.value_and_grad(lambda hs, ws: fused_distill_loss(hs, ws, ht, wt, chunk_size=8),
                           argnums=(0, 1))
   text = str(jax.make_jaxpr(fn)(hs, ws))
-  assert f"[{N},{V}]" not in text and f"f32[{N + 3},{V}]" not in text
-  assert f"f32[8,{V}]" in text
+  assert f"[{N},{V}]" not in text and f"[1,{N + 3},{V}]" not in text
+  assert f"f32[1,8,{V}]" in text
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
@@ -144,37 +144,42 @@ SPAN_IDS = np.array([[1, 2, 2, 3, 4, 3, 2, 0], [2, 3, 3, 4, 2, 2, 0, 0]], np.int
     dict(normalization="span_mean", weighting="reasoning_heavy", divergence="generalized_jsd",
          divergence_kwargs=dict(beta=0.3)),
     dict(normalization="sequence", scale_by_t2=False, divergence="reverse_kl"),
-], ids=["tokens", "span_mean_jsd", "sequence_rkl"])
+    dict(hard_label_weight=0.5, label_smoothing=0.1, weighting="confidence_based",
+         regularizers=dict(entropy=0.1, confidence_penalty=0.2, confidence_threshold=1.0)),
+], ids=["tokens", "span_mean_jsd", "sequence_rkl", "labels_regularizers_confidence"])
 def test_fused_sad_loss_equals_sad_loss(overrides):
-  """fused_sad_loss == sad_loss on the materialized logits, value and gradients."""
+  """fused_sad_loss == sad_loss on the materialized logits: value, gradients, metrics, state."""
   cfg = config_lib.resolve(overrides)
   st = state_lib.init_state(cfg).replace(temperature=jnp.float32(1.7))
   b, t = SPAN_IDS.shape
   hs, ws, ht, wt, _ = _inputs(6)
   hs, ht = hs[:b * t].reshape(b, t, DS), ht[:b * t].reshape(b, t, DT)
+  labels = jnp.arange(b * t, dtype=jnp.int32).reshape(b, t) % V
   normalizer = objective.loss_normalizer(SPAN_IDS, cfg)
 
   def dense(hs, ws):
-    return objective.sad_loss(hs @ ws, ht @ wt, SPAN_IDS, st, cfg, normalizer=normalizer)[0]
+    return objective.sad_loss(hs @ ws, ht @ wt, SPAN_IDS, st, cfg, labels=labels,
+                              normalizer=normalizer)
 
   def chunked(hs, ws):
-    return fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, st, cfg, normalizer=normalizer,
-                                chunk_size=5)
+    return fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, st, cfg, labels=labels,
+                                normalizer=normalizer, chunk_size=5)
 
-  (value, grads), (ref, ref_grads) = _jit(lambda hs, ws: [
-      jax.value_and_grad(f, argnums=(0, 1))(hs, ws) for f in (chunked, dense)])(hs, ws)
+  (value, aux, grads), (ref, ref_aux, ref_grads) = _jit(lambda hs, ws: [
+      (lambda out: (out[0][0], out[0][1], out[1]))(
+          jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(hs, ws))
+      for f in (chunked, dense)])(hs, ws)
   assert ref > 0
   np.testing.assert_allclose(value, ref, rtol=1e-5)
   for got, want in zip(grads, ref_grads):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), aux, ref_aux)
 
 
-def test_fused_sad_loss_rejects_terms_that_need_logits():
+def test_fused_sad_loss_refuses_span_consistency_naming_it():
   hs, ws, ht, wt, _ = _inputs()
   hs, ht = hs[:16].reshape(2, 8, DS), ht[:16].reshape(2, 8, DT)
-  for overrides, match in [(dict(hard_label_weight=0.5), "hard_label_weight = 0.5"),
-                           (dict(regularizers=dict(entropy=0.1)), "regularizers.entropy"),
-                           (dict(weighting="confidence_based"), "confidence_based")]:
-    cfg = config_lib.resolve(overrides)
-    with pytest.raises(ValueError, match=f"need the full logits.*{match}"):
-      fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, state_lib.init_state(cfg), cfg)
+  cfg = config_lib.resolve(dict(regularizers=dict(span_consistency=0.1)))
+  with pytest.raises(ValueError, match="regularizers.span_consistency on the fused backend: "
+                                       "needs each row's mean distribution"):
+    fused.fused_sad_loss(hs, ws, ht, wt, SPAN_IDS, state_lib.init_state(cfg), cfg)

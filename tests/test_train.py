@@ -173,3 +173,105 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match=r"batch has no field 'teacher'"):
     jax.eval_shape(train.make_train_step(tiny_lm.apply, record_grads(), _config()), state,
                    {k: v for k, v in _batch().items() if k != "teacher"})
+
+
+# ---------------------------------------------------------------------------
+# The generic step: loss objects, model outputs, NNX, online sparse teachers.
+# ---------------------------------------------------------------------------
+
+from flax import nnx  # noqa: E402
+
+from sad_jax import losses, training  # noqa: E402
+from sad_jax.objective import _sad as objective_lib  # noqa: E402
+
+
+def _one_step(loss, apply_fn=tiny_lm.apply, batch=None, **kwargs):
+  tx = record_grads()
+  state = training.init_train_state(tiny_lm.init(jax.random.key(1)), tx, loss)
+  step = jax.jit(training.make_train_step(loss, tx, apply_fn=apply_fn, **kwargs))
+  return step(state, _batch() if batch is None else batch)
+
+
+def test_sft_and_token_kd_are_the_composition_through_one_step():
+  batch = _batch()
+  logits = tiny_lm.apply(tiny_lm.init(jax.random.key(1)), batch)
+  agent = np.isin(np.asarray(batch["span_ids"]), (2, 3))
+  ce = objective_lib.hard_label_ce(logits, batch["labels"])
+  _, sft = _one_step(training.cross_entropy_loss(), batch={k: v for k, v in batch.items()
+                                                            if k != "teacher"})
+  np.testing.assert_allclose(sft["loss"], np.asarray(ce)[agent].mean(), rtol=1e-5)
+  assert "divergence" not in sft["spans"] and "hard_label_ce" in sft["spans"]
+
+  kd_state, kd = _one_step(training.token_kd_loss(temperature=2.0))
+  d = losses.forward_kl(logits, batch["teacher"], temperature=2.0)
+  np.testing.assert_allclose(kd["loss"], 4.0 * np.asarray(d)[agent].mean(), rtol=1e-5)
+  assert int(kd_state.sad_state.step) == 1
+
+
+class _HFOutput:
+  """An object with ``.logits`` and MoE router outputs, as HF Flax models return."""
+
+  def __init__(self, logits, router_logits, expert_ids):
+    self.logits, self.router_logits, self.expert_ids = logits, router_logits, expert_ids
+
+
+def test_model_output_objects_feed_the_moe_term():
+  def apply(params, batch):
+    logits = tiny_lm.apply(params, batch)
+    router = logits[..., :4][None]                         # [L=1, B, T, E=4]
+    return _HFOutput(logits, router, jnp.argmax(router, -1)[..., None])
+
+  loss = training.SADLoss({"regularizers": {"moe_load_balance": 0.5}})
+  _, with_moe = _one_step(loss, apply)
+  _, without = _one_step(training.SADLoss(), apply)
+  assert "moe_load_balance" in with_moe["spans"]
+  assert float(with_moe["loss"]) > float(without["loss"])
+  with pytest.raises(TypeError, match=r"student_apply returned a mapping with keys \['x'\]"):
+    _one_step(training.SADLoss(), lambda p, b: {"x": tiny_lm.apply(p, b)})
+  with pytest.raises(TypeError, match="loss must be a loss object"):
+    training.make_train_step("sad", record_grads(), apply_fn=tiny_lm.apply)
+
+
+def test_online_top_k_teacher_with_k_equal_v_is_the_dense_teacher():
+  loss = training.SADLoss({"normalization": "tokens"})
+  tx = record_grads()
+  state = training.init_train_state(tiny_lm.init(jax.random.key(1)), tx, loss)
+  batch = {k: v for k, v in _batch().items() if k != "teacher"}
+  out = {}
+  for name, teacher_apply in {
+      "dense": tiny_lm.apply,
+      "sparse": lambda p, b: losses.top_k_teacher(tiny_lm.apply(p, b), tiny_lm.VOCAB)}.items():
+    step = jax.jit(training.make_train_step(loss, tx, apply_fn=tiny_lm.apply,
+                                            teacher_apply=teacher_apply))
+    out[name] = step(state, batch, _teacher_params())
+  np.testing.assert_allclose(out["sparse"][1]["loss"], out["dense"][1]["loss"], rtol=1e-5)
+  _assert_close(out["sparse"][0].opt_state, out["dense"][0].opt_state, rtol=1e-4)
+
+
+class _DropoutLM(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(tiny_lm.VOCAB, tiny_lm.DIM, rngs=rngs)
+    self.drop = nnx.Dropout(0.5, rngs=rngs)
+    self.head = nnx.Linear(tiny_lm.DIM, tiny_lm.VOCAB, rngs=rngs)
+
+  def __call__(self, tokens):
+    return self.head(self.drop(self.embed(tokens)))
+
+
+def test_nnx_module_with_its_own_rngs_and_an_nnx_optimizer():
+  model = _DropoutLM(nnx.Rngs(0, dropout=1))
+  optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+  loss = training.token_kd_loss()
+  state = training.init_train_state(model, optimizer, loss)
+  step = jax.jit(training.make_train_step(loss, optimizer, {"accumulation_steps": 2}))
+  new, metrics = step(state, _batch())
+  newer, again = step(new, _batch())
+  assert not bool(metrics["skipped"]) and np.isfinite(float(metrics["loss"]))
+  assert int(new.model_state["drop"]["rngs"]["count"][...]) == 2  # one draw per micro-batch
+  assert int(newer.model_state["drop"]["rngs"]["count"][...]) == 4
+  assert float(again["loss"]) != float(metrics["loss"])  # params moved, new dropout masks
+  assert not np.array_equal(new.params["head"]["kernel"][...],
+                            state.params["head"]["kernel"][...])
+  optimizer.step[...] += 1
+  with pytest.raises(ValueError, match="the nnx.Optimizer has taken 1 steps"):
+    training.init_train_state(model, optimizer, loss)

@@ -1,51 +1,53 @@
-r"""Fused lm-head + distillation loss that never materializes ``[N, V]`` logits.
+r"""The fused backend: chunked lm-head + objective that never materializes ``[B, T, V]``.
 
-:func:`fused_distill_loss` takes the final hidden states and the lm-head weights of
-student and teacher and computes, chunk by chunk over the tokens,
+The student (and, optionally, the teacher) come as final hidden states and lm-head
+weights; the logits are formed chunk by chunk over the sequence,
 
 .. math::
   z^S_c = h^S_c W^S, \quad z^T_c = h^T_c W^T, \quad
-  L = \frac{\sum_n w_n \, D(z^T_n, z^S_n)}{\sum_n [w_n > 0]}
+  L = \sum_n c_n \, \ell(z^S_n, z^T_n)
 
-with any divergence of :mod:`sad_jax.losses._divergences`. As in Liger-Kernel's fused
-distillation, the gradients are formed in the forward pass: per chunk,
-:math:`G_c = \partial (\sum w D) / \partial z^S_c` (the divergence's fused VJP),
-then :math:`\partial L / \partial h^S_c = G_c W^{S\top}` and
+where :math:`\ell` is the objective's per-token loss (:class:`~sad_jax.backends.Terms`:
+the divergence, hard-label cross-entropy, entropy and confidence regularizers -- the
+same per-token functions as the dense backend, applied to each chunk) and :math:`c`
+the reduction's per-token coefficients (every normalization is linear in
+:math:`\ell` once the weights are known, :func:`sad_jax.objective.token_coefficients`).
+As in Liger-Kernel's fused distillation, the gradients are formed in the forward
+pass: per chunk, :math:`G_c = \partial (\sum c \ell) / \partial z^S_c`, then
+:math:`\partial L / \partial h^S_c = G_c W^{S\top}` and
 :math:`\partial L / \partial W^S \mathrel{+}= h^{S\top}_c G_c`. The backward pass only
 scales these by the incoming cotangent, so the cost is the same four matmuls as
 autodiff of the naive composition while the working memory is a few
-``[chunk_size, V]`` blocks plus one ``[d, V]`` gradient accumulator instead of
-several ``[N, V]`` arrays.
+``[B, chunk, V]`` blocks plus one ``[d, V]`` gradient accumulator instead of several
+``[B, T, V]`` arrays. Chunks are taken along the sequence axis with the whole batch
+axis in each, so a batch-sharded (data-parallel) input stays on its devices: no
+device gathers another's hidden states.
 
-The teacher receives no gradient (zero cotangents for ``teacher_hidden`` and
-``teacher_head``), and neither do ``temperature`` and ``weights``.
-
-:func:`fused_sad_loss` evaluates the SAD objective (:func:`sad_jax.objective._sad.sad_loss`)
-this way. Its reduction is linear in the per-token loss for every normalization, so
-it is :math:`\sum_n c_n \ell_n` with per-token coefficients (see
-:func:`sad_token_coefficients`)
-
-.. math::
-  c_n = s_T \, \frac{w_n}{\text{normalizer}(n)}, \qquad s_T = T^2 \text{ or } 1,
-
-which become the ``weights`` of :func:`fused_distill_loss` with ``reduction="sum"``.
+The per-token terms and statistics come back from the same pass (no gradient), so
+metrics and the next :class:`~sad_jax.objective.SADState` are the dense path's. A
+weighting strategy that reads the teacher statistics (``confidence_based``,
+``difficulty_aware``) costs one more forward pass over the chunks (weights must be
+known before the gradient pass). The teacher is its hidden states and head
+(``ModelOutput(hidden=, head=)``), dense logits, or a ``SparseTeacher``; it receives
+no gradient, and neither do the temperature and the coefficients.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from sad_jax.objective import _config as config_lib
+from sad_jax.backends import _base as base
+from sad_jax.backends import _dense as dense
 from sad_jax.losses import _divergences as divergences
-from sad_jax.objective import _sad as objective
-from sad_jax.objective import _state as state_lib
-from sad_jax.objective import _weighting as weighting
+from sad_jax.losses import _registry as registry
+from sad_jax.losses import _sparse as sparse
 
 CHUNK_ELEMENTS = 1 << 24
-"""Default chunk: about this many logits (64 MiB in float32) per ``[chunk, V]`` block."""
+"""Default chunk: about this many logits (64 MiB in float32) per ``[B, chunk, V]`` block."""
 
 
 def default_chunk_size(num_tokens: int, vocab: int) -> int:
@@ -71,140 +73,120 @@ def _check_matrix(name, x, rank):
   return x
 
 
-def fused_distill_loss(student_hidden: chex.Array, student_head: chex.Array,
-                       teacher_hidden: chex.Array, teacher_head: chex.Array, *,
-                       divergence: str | Callable[..., jax.Array] = "forward_kl",
-                       temperature=1.0, where: chex.Array | None = None,
-                       weights: chex.Array | None = None, chunk_size: int | None = None,
-                       reduction: str = "mean", **params) -> jax.Array:
-  r"""Chunked lm-head projection + divergence + weighted mean over tokens.
-
-  Equal (within float32 tolerance) to
-
-  .. code-block:: python
-
-    d = divergence(student_hidden @ student_head, teacher_hidden @ teacher_head,
-                   temperature=temperature, where=where & (weights > 0), **params)
-    loss = (weights * d).sum() / (where & (weights > 0)).sum()
-
-  but with peak working memory ``O(chunk_size * V + d * V)`` instead of
-  ``O(N * V)``.
-
-  Args:
-    student_hidden: ``[N, d]`` student final hidden states.
-    student_head: ``[d, V]`` student lm-head (unembedding) matrix.
-    teacher_hidden: ``[N, d_T]`` teacher final hidden states.
-    teacher_head: ``[d_T, V]`` teacher lm-head matrix (same ``V``).
-    divergence: a name from ``sad_jax.losses._divergences.DIVERGENCES`` or a function with
-      the divergence signature.
-    temperature: softmax temperature (may be traced; no gradient).
-    where: optional ``[N]`` bool mask of trained tokens.
-    weights: optional ``[N]`` non-negative token weights (no gradient); tokens with
-      weight 0 are not trained and not counted.
-    chunk_size: tokens per chunk (default :func:`default_chunk_size`).
-    reduction: ``"mean"`` divides the weighted sum by the number of trained tokens
-      (the ``tokens`` normalization of :mod:`sad_jax.objective._sad`); ``"sum"`` returns
-      :math:`\sum_n w_n D_n`, for weights that already hold the normalization.
-    **params: static divergence parameters (e.g. ``beta`` for ``generalized_jsd``).
-
-  Returns:
-    A float32 scalar; 0 (with zero gradients) when no token is trained.
-  """
-  hs = _check_matrix("student_hidden", student_hidden, 2)
-  ws = _check_matrix("student_head", student_head, 2)
-  ht = _check_matrix("teacher_hidden", teacher_hidden, 2)
-  wt = _check_matrix("teacher_head", teacher_head, 2)
-  n, d = hs.shape
-  if ws.shape[0] != d:
-    raise ValueError(f"student_head must be [d={d}, V], got shape {ws.shape}")
-  if ht.shape[0] != n:
-    raise ValueError(f"teacher_hidden has {ht.shape[0]} tokens, student_hidden {n}")
-  if wt.shape[0] != ht.shape[1]:
-    raise ValueError(f"teacher_head must be [d_T={ht.shape[1]}, V], got shape {wt.shape}")
-  if ws.shape[1] != wt.shape[1]:
-    raise ValueError(f"student vocab size {ws.shape[1]} != teacher vocab size "
-                     f"{wt.shape[1]}; pad the smaller head's logits with -inf "
-                     "(sad_jax.losses._divergences.pad_vocab)")
-  if reduction not in ("mean", "sum"):
-    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-  fn = divergences.get_divergence(divergence) if isinstance(divergence, str) else divergence
-  if not callable(fn):
-    raise TypeError(f"divergence must be a name or a function, got {divergence!r}")
-  if chunk_size is None:
-    chunk_size = default_chunk_size(n, ws.shape[1])
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+def _check_chunk_size(chunk_size):
+  if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                 or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-  w = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
-  if w.shape != (n,):
-    raise ValueError(f"weights must have shape ({n},), got {w.shape}")
-  if where is not None:
-    where = jnp.asarray(where)
-    if where.shape != (n,):
-      raise ValueError(f"where must have shape ({n},), got {where.shape}")
-    w = jnp.where(where.astype(bool), w, 0.0)
-  w = jax.lax.stop_gradient(w)
-
-  def chunk_loss(s, t, wc):
-    return jnp.sum(wc * fn(s, t, temperature=temperature, where=wc > 0, **params))
-
-  specs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (hs, ws, ht, wt, w))
-  loss = _make_fused(chunk_loss, min(chunk_size, n), reduction == "mean", specs)
-  return loss(hs, ws, ht, wt, w)
 
 
-def _make_fused(chunk_loss, chunk, mean, specs):
-  """Builds the custom-VJP loss for one divergence, chunking, reduction and input specs."""
+def _zero_cotangent(x):
+  if x is None:
+    return None
+  if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact):
+    return jnp.zeros(jnp.shape(x), jnp.asarray(x).dtype)
+  return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
-  def forward(hs, ws, ht, wt, w):
-    n, d = hs.shape
-    pad = (-n) % chunk
-    trained = w > 0
-    # The mean's 1/count scales each chunk's cotangent, so the [d, V] head gradient
-    # is never rescaled (which would copy it).
-    scale = 1.0 / jnp.maximum(jnp.sum(trained), 1).astype(jnp.float32) if mean else 1.0
-    # Zero untrained rows so NaN hidden states cannot reach the head gradient.
-    hs = jnp.where(trained[:, None], hs, 0).astype(hs.dtype)
-    ht = jnp.where(trained[:, None], ht, 0).astype(ht.dtype)
-    if pad:
-      hs, ht = jnp.pad(hs, ((0, pad), (0, 0))), jnp.pad(ht, ((0, pad), (0, 0)))
-      w = jnp.pad(w, (0, pad))
-    m = (n + pad) // chunk
-    block = _vocab_block(d, ws.shape[1])
 
-    def body(carry, xs):
+def _to_chunks(x, tc, pad):
+  """``[B, T, ...]`` -> ``[M, B, tc, ...]`` (the sequence padded by ``pad``)."""
+  if pad:
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  b, t = x.shape[:2]
+  return jnp.moveaxis(x.reshape((b, t // tc, tc) + x.shape[2:]), 1, 0)
+
+
+def _from_chunks(x, t):
+  """``[M, B, tc, ...]`` -> ``[B, T, ...]``."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape((x.shape[0], -1) + x.shape[3:])[:, :t]
+
+
+def _layout(b, t, vocab, chunk_size):
+  tokens = default_chunk_size(b * t, vocab) if chunk_size is None else chunk_size
+  tc = max(1, min(t, tokens // max(b, 1)))
+  return tc, (-t) % tc
+
+
+def _prepare(hs, ht, xs, tc, pad):
+  """Zeroes untrained rows (NaN hidden states there cannot reach a gradient) and chunks."""
+  keep = xs["where"]
+  hs = jnp.where(keep[..., None], hs, 0).astype(hs.dtype)
+  if ht is not None:
+    ht = jnp.where(keep[..., None], ht, 0).astype(ht.dtype)
+  chunk = lambda x: None if x is None else _to_chunks(x, tc, pad)  # noqa: E731
+  return chunk(hs), chunk(ht), jax.tree.map(chunk, xs)
+
+
+def _logits(h, w):
+  return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
+
+def fused_map(fn: Callable, hs, ws, ht, wt, xs, consts, *, chunk_size=None):
+  """Per-token outputs of ``fn(s, t, x, consts) -> dict [B, tc]`` over the chunks (no
+  gradient): the statistics pass."""
+  b, t, _ = hs.shape
+  tc, pad = _layout(b, t, ws.shape[1], chunk_size)
+  hs_c, ht_c, xs_c = _prepare(hs, ht, xs, tc, pad)
+
+  def body(_, c):
+    h_s, h_t, x = c
+    s = _logits(h_s, ws)
+    tt = None if h_t is None else _logits(h_t, wt)
+    return None, fn(s, tt, x, consts)
+
+  _, out = jax.lax.scan(body, None, (hs_c, ht_c, xs_c))
+  return jax.lax.stop_gradient(jax.tree.map(lambda a: _from_chunks(a, t), out))
+
+
+def fused_value(fn: Callable, hs, ws, ht, wt, xs, consts, *, chunk_size=None):
+  """``sum`` over chunks of ``fn(s, t, x, consts) -> (value, aux dict [B, tc])``, with the
+  gradient w.r.t. ``hs [B, T, d]`` and ``ws [d, V]`` formed in the forward pass.
+
+  ``ht``/``wt`` (teacher hidden states and head, or ``None``), ``xs`` (a dict of
+  ``[B, T, ...]`` per-token inputs with a bool ``"where"``) and ``consts`` get zero
+  cotangents. Returns ``(total, aux)`` with ``aux`` ``[B, T]`` leaves, no gradient.
+  """
+  b, t, d = hs.shape
+  tc, pad = _layout(b, t, ws.shape[1], chunk_size)
+  block = _vocab_block(d, ws.shape[1])
+
+  def forward(hs, ws, ht, wt, xs, consts):
+    hs_c, ht_c, xs_c = _prepare(hs, ht, xs, tc, pad)
+
+    def body(carry, c):
       total, grad_head = carry
-      h_s, h_t, wc = xs
-      s = jnp.dot(h_s, ws, preferred_element_type=jnp.float32)
-      t = jnp.dot(h_t, wt, preferred_element_type=jnp.float32)
-      value, vjp = jax.vjp(lambda s: chunk_loss(s, t, wc), s)
-      (g,) = vjp(jnp.asarray(scale, value.dtype))
-      grad_h = jax.lax.dot_general(g.astype(ws.dtype), ws, (((1,), (1,)), ((), ())),
-                                   preferred_element_type=jnp.float32)  # g @ ws.T
-      grad_head = _add_outer_product(grad_head, h_s, g.astype(h_s.dtype), block)
-      return (total + value, grad_head), grad_h
+      h_s, h_t, x = c
+      s = _logits(h_s, ws)
+      tt = None if h_t is None else _logits(h_t, wt)
+      value, vjp, aux = jax.vjp(lambda s: fn(s, tt, x, consts), s, has_aux=True)
+      (g,) = vjp(jnp.ones((), value.dtype))
+      grad_h = jnp.einsum("btv,dv->btd", g.astype(ws.dtype), ws,
+                          preferred_element_type=jnp.float32)  # g @ ws.T
+      grad_head = _add_outer_product(grad_head, h_s.reshape(-1, d),
+                                     g.reshape(-1, g.shape[-1]).astype(h_s.dtype), block)
+      return (total + value, grad_head), (grad_h, jax.lax.stop_gradient(aux))
 
     init = (jnp.zeros((), jnp.float32), jnp.zeros(ws.shape, jnp.float32))
-    (total, grad_head), grad_h = jax.lax.scan(
-        body, init, (hs.reshape(m, chunk, -1), ht.reshape(m, chunk, -1), w.reshape(m, chunk)))
-    grad_h = grad_h.reshape(m * chunk, -1)[:n]
-    return total * scale, (grad_h, grad_head)
+    (total, grad_head), (grad_h, aux) = jax.lax.scan(body, init, (hs_c, ht_c, xs_c))
+    aux = jax.tree.map(lambda a: _from_chunks(a, t), aux)
+    return (total, aux), (_from_chunks(grad_h, t), grad_head)
 
   @jax.custom_vjp
-  def loss(hs, ws, ht, wt, w):
-    return forward(hs, ws, ht, wt, w)[0]
+  def run(hs, ws, ht, wt, xs, consts):
+    return forward(hs, ws, ht, wt, xs, consts)[0]
 
-  def fwd(hs, ws, ht, wt, w):
-    return forward(hs, ws, ht, wt, w)
+  def fwd(hs, ws, ht, wt, xs, consts):
+    out, (grad_h, grad_head) = forward(hs, ws, ht, wt, xs, consts)
+    zeros = jax.tree.map(_zero_cotangent, (ht, wt, xs, consts))
+    return out, (grad_h, grad_head, zeros)
 
-  def bwd(res, g):
-    grad_h, grad_head = res
-    hs, ws, ht, wt, w = specs
-    return ((g * grad_h).astype(hs.dtype), (g * grad_head).astype(ws.dtype),
-            jnp.zeros(ht.shape, ht.dtype), jnp.zeros(wt.shape, wt.dtype),
-            jnp.zeros(w.shape, w.dtype))
+  def bwd(res, cotangents):
+    grad_h, grad_head, zeros = res
+    g = cotangents[0]
+    return ((g * grad_h).astype(hs.dtype), (g * grad_head).astype(ws.dtype)) + zeros
 
-  loss.defvjp(fwd, bwd)
-  return loss
+  run.defvjp(fwd, bwd)
+  return run(hs, ws, ht, wt, xs, consts)
 
 
 def _vocab_block(d: int, vocab: int) -> int:
@@ -238,83 +220,208 @@ def _add_outer_product(acc: jax.Array, h: jax.Array, g: jax.Array, block: int) -
   return jax.lax.fori_loop(0, -(-vocab // block), step, acc)
 
 
-_NEEDS_LOGITS = ("confidence_based", "difficulty_aware")
+def fused_distill_loss(student_hidden: chex.Array, student_head: chex.Array,
+                       teacher_hidden: chex.Array, teacher_head: chex.Array, *,
+                       divergence: str | Callable[..., jax.Array] = "forward_kl",
+                       temperature=1.0, where: chex.Array | None = None,
+                       weights: chex.Array | None = None, chunk_size: int | None = None,
+                       reduction: str = "mean", **params) -> jax.Array:
+  r"""Chunked lm-head projection + divergence + weighted mean over tokens.
 
+  Equal (within float32 tolerance) to
 
-def sad_token_coefficients(span_ids: chex.Array, state: state_lib.SADState, config, *,
-                           normalizer: chex.Array | None = None) -> jax.Array:
-  r"""Per-token coefficients :math:`c` with ``sad_loss = sum(c * divergence)``.
+  .. code-block:: python
 
-  For a config whose per-token loss is :math:`s_T D` alone (no hard labels, no
-  regularizers) and whose weights need no logits, the objective's reduction
-  (:func:`sad_jax.objective._sad.reduce_tokens`, any ``normalization``) is linear in the
-  divergence :math:`D`; :math:`c` is its gradient, times :math:`s_T = T^2` when
-  ``scale_by_t2``. E.g. for ``tokens``, :math:`c_n = s_T w_n / \sum_m [w_m > 0]`.
+    d = divergence(student_hidden @ student_head, teacher_hidden @ teacher_head,
+                   temperature=temperature, where=where & (weights > 0), **params)
+    loss = (weights * d).sum() / (where & (weights > 0)).sum()
+
+  but with peak working memory ``O(chunk_size * V + d * V)`` instead of
+  ``O(N * V)``. The SAD objective on this path is ``sad_loss(...,
+  backend=backends.fused())``.
 
   Args:
-    span_ids: ``[B, T]`` int span types.
-    state: :class:`~sad_jax.objective._state.SADState` (temperature, running span losses, ...).
-    config: the objective config.
-    normalizer: the full batch's :func:`sad_jax.objective._sad.loss_normalizer` when this
-      call sees a micro-batch.
+    student_hidden: ``[N, d]`` student final hidden states.
+    student_head: ``[d, V]`` student lm-head (unembedding) matrix.
+    teacher_hidden: ``[N, d_T]`` teacher final hidden states.
+    teacher_head: ``[d_T, V]`` teacher lm-head matrix (same ``V``).
+    divergence: a name from ``sad_jax.losses.DIVERGENCES`` or a function with the
+      divergence signature.
+    temperature: softmax temperature (may be traced; no gradient).
+    where: optional ``[N]`` bool mask of trained tokens.
+    weights: optional ``[N]`` non-negative token weights (no gradient); tokens with
+      weight 0 are not trained and not counted.
+    chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+    reduction: ``"mean"`` divides the weighted sum by the number of trained tokens
+      (the ``tokens`` normalization of the objective); ``"sum"`` returns
+      :math:`\sum_n w_n D_n`, for weights that already hold the normalization.
+    **params: static divergence parameters (e.g. ``beta`` for ``generalized_jsd``).
 
   Returns:
-    ``float32 [B, T]`` coefficients, zero exactly on untrained tokens; no gradient.
+    A float32 scalar; 0 (with zero gradients) when no token is trained.
   """
-  config = config_lib.resolve(config)
-  span_ids = jnp.asarray(span_ids)
-  if span_ids.ndim != 2 or not jnp.issubdtype(span_ids.dtype, jnp.integer):
-    raise ValueError(f"span_ids must be an int [B, T] array, got "
-                     f"{span_ids.dtype}{list(span_ids.shape)}")
-  _check_fusable(config)
-  weights = weighting.token_weights(span_ids, config, state)
+  hs = _check_matrix("student_hidden", student_hidden, 2)
+  ws = _check_matrix("student_head", student_head, 2)
+  ht = _check_matrix("teacher_hidden", teacher_hidden, 2)
+  wt = _check_matrix("teacher_head", teacher_head, 2)
+  n, d = hs.shape
+  if ws.shape[0] != d:
+    raise ValueError(f"student_head must be [d={d}, V], got shape {ws.shape}")
+  if ht.shape[0] != n:
+    raise ValueError(f"teacher_hidden has {ht.shape[0]} tokens, student_hidden {n}")
+  if wt.shape[0] != ht.shape[1]:
+    raise ValueError(f"teacher_head must be [d_T={ht.shape[1]}, V], got shape {wt.shape}")
+  if ws.shape[1] != wt.shape[1]:
+    raise ValueError(f"student vocab size {ws.shape[1]} != teacher vocab size "
+                     f"{wt.shape[1]}; pad the smaller head's logits with -inf "
+                     "(sad_jax.losses.pad_vocab)")
+  if reduction not in ("mean", "sum"):
+    raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+  fn = divergences.get_divergence(divergence) if isinstance(divergence, str) else divergence
+  if not callable(fn):
+    raise TypeError(f"divergence must be a name or a function, got {divergence!r}")
+  _check_chunk_size(chunk_size)
+  w = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+  if w.shape != (n,):
+    raise ValueError(f"weights must have shape ({n},), got {w.shape}")
+  if where is not None:
+    where = jnp.asarray(where)
+    if where.shape != (n,):
+      raise ValueError(f"where must have shape ({n},), got {where.shape}")
+    w = jnp.where(where.astype(bool), w, 0.0)
+  w = jax.lax.stop_gradient(w)
+  trained = w > 0
+  if reduction == "mean":
+    w = w / jnp.maximum(jnp.sum(trained), 1).astype(jnp.float32)
 
-  def reduced(per_token):
-    return objective.reduce_tokens(per_token, weights, span_ids,
-                                   normalization=config.normalization,
-                                   normalizer=normalizer)[0]
+  def chunk_loss(s, t, x, temp):
+    value = fn(s, t, temperature=temp, where=x["where"], **params)
+    return jnp.sum(jnp.where(x["where"], x["c"] * value, 0.0)), {}
 
-  coefficients = jax.grad(reduced)(jnp.zeros(weights.shape, jnp.float32))
-  if config.scale_by_t2:
-    coefficients = coefficients * jnp.square(state.temperature)
-  return jax.lax.stop_gradient(coefficients)
+  xs = {"c": w[None], "where": trained[None]}
+  total, _ = fused_value(chunk_loss, hs[None], ws, ht[None], wt, xs,
+                         jnp.asarray(temperature, jnp.float32), chunk_size=chunk_size)
+  return total
 
 
-def _check_fusable(config) -> None:
-  reg = config.regularizers
-  unsupported = [f"{name} = {value}" for name, value in (
-      ("hard_label_weight", config.hard_label_weight), ("regularizers.entropy", reg.entropy),
-      ("regularizers.confidence_penalty", reg.confidence_penalty),
-      ("regularizers.span_consistency", reg.span_consistency),
-      ("regularizers.moe_load_balance", reg.moe_load_balance)) if value != 0]
-  if config.weighting in _NEEDS_LOGITS:
-    unsupported.append(f"weighting = {config.weighting!r} (needs teacher statistics)")
-  if unsupported:
-    raise ValueError("the fused SAD loss computes only the weighted divergence; these "
-                     f"settings need the full logits, use sad_jax.sad_loss: "
-                     f"{', '.join(unsupported)}")
+def _teacher_inputs(teacher, shape):
+  """``(hidden [B, T, d_T] | None, head | None, per-token teacher leaves | None)``."""
+  if isinstance(teacher, sparse.SparseTeacher):
+    return None, None, teacher
+  if teacher is not None and getattr(teacher, "hidden", None) is not None:
+    ht = _check_matrix("teacher hidden", teacher.hidden, 3)
+    wt = _check_matrix("teacher head", teacher.head, 2)
+    if ht.shape[:2] != tuple(shape):
+      raise ValueError(f"teacher hidden {ht.shape} must start with the student's [B, T] = "
+                       f"{tuple(shape)}")
+    if wt.shape[0] != ht.shape[-1]:
+      raise ValueError(f"teacher head must be [d_T={ht.shape[-1]}, V], got {wt.shape}")
+    return ht, wt, None
+  return None, None, teacher
+
+
+class Fused:
+  """The fused lm-head backend (see the module docstring).
+
+  The student is ``ModelOutput(hidden=[B, T, d], head=[d, V])``.
+
+  Args:
+    chunk_size: tokens per chunk (split as ``chunk_size // B`` positions of every
+      row); default :func:`default_chunk_size`.
+  """
+
+  name = "fused"
+
+  def __init__(self, chunk_size: int | None = None):
+    _check_chunk_size(chunk_size)
+    self.chunk_size = chunk_size
+
+  def check(self, config, teacher_kind: str | None = None) -> None:
+    registry.check(config, self.name, teacher_kind)
+
+  def _student(self, student):
+    if student.hidden is None or student.head is None:
+      raise ValueError("the fused backend needs the student's hidden states [B, T, d] and "
+                       "lm-head [d, V] (ModelOutput(hidden=..., head=...)); for logits use the "
+                       "dense backend")
+    hs = _check_matrix("student hidden", student.hidden, 3)
+    ws = _check_matrix("student head", student.head, 2)
+    if ws.shape[0] != hs.shape[-1]:
+      raise ValueError(f"student head must be [d={hs.shape[-1]}, V], got shape {ws.shape}")
+    return hs, ws
+
+  def token_shape(self, student):
+    return self._student(student)[0].shape[:2]
+
+  def vocab_size(self, student):
+    return self._student(student)[1].shape[1]
+
+  def run(self, fn, student, teacher, span_ids, labels, state, normalizer):
+    return fn(student, teacher, span_ids, labels, state, normalizer, None)
+
+  def _inputs(self, student, teacher, where, extra):
+    hs, ws = self._student(student)
+    ht, wt, teacher_tokens = _teacher_inputs(teacher, hs.shape[:2])
+    vocab = ws.shape[1]
+    if wt is not None and wt.shape[1] != vocab:
+      raise ValueError(f"student vocab size {vocab} != teacher vocab size {wt.shape[1]}; pad "
+                       "the smaller head's logits with -inf (sad_jax.losses.pad_vocab)")
+    xs = dict(extra, where=jnp.asarray(where, bool))
+    if teacher_tokens is not None:
+      xs["teacher"] = teacher_tokens
+    return hs, ws, ht, wt, xs
+
+  def statistics(self, student, teacher, where):
+    hs, ws, ht, wt, xs = self._inputs(student, teacher, where, {})
+
+    def fn(s, t, x, _):
+      return dense.dense_statistics(s, t if t is not None else x["teacher"], x["where"])
+
+    return fused_map(fn, hs, ws, ht, wt, xs, (), chunk_size=self.chunk_size)
+
+  def terms(self, student, teacher, terms: base.Terms, *, where, coefficients, temperature,
+            labels=None, span_ids=None, axis_name=None, statistics=None):
+    extra = {"c": coefficients}
+    if labels is not None:
+      extra["labels"] = labels
+    if statistics is not None:
+      extra["stats_where"] = jnp.asarray(statistics, bool)
+    hs, ws, ht, wt, xs = self._inputs(student, teacher, where, extra)
+
+    def fn(s, t, x, temp):
+      t = t if t is not None else x.get("teacher")
+      values = dense.dense_terms(s, t, terms, where=x["where"], temperature=temp,
+                                 labels=x.get("labels"))
+      per_token = terms.combine(values, temp)
+      aux = dict(values, loss=per_token)
+      if "stats_where" in x:
+        aux.update(dense.dense_statistics(s, t, x["stats_where"]))
+      return base.weighted_total(per_token, x["c"], x["where"]), aux
+
+    total, values = fused_value(fn, hs, ws, ht, wt, xs, jnp.asarray(temperature, jnp.float32),
+                                chunk_size=self.chunk_size)
+    if axis_name is not None:
+      total = jax.lax.psum(total, axis_name)
+    return total, values
 
 
 def fused_sad_loss(student_hidden: chex.Array, student_head: chex.Array,
                    teacher_hidden: chex.Array, teacher_head: chex.Array,
-                   span_ids: chex.Array, state: state_lib.SADState, config, *,
-                   normalizer: chex.Array | None = None,
-                   chunk_size: int | None = None) -> jax.Array:
+                   span_ids: chex.Array, state, config, *, labels: chex.Array | None = None,
+                   normalizer: chex.Array | None = None, chunk_size: int | None = None,
+                   update_state: bool = True) -> tuple[jax.Array, Any]:
   r"""The SAD objective from final hidden states, never materializing ``[B, T, V]``.
 
-  Equal (value and gradients w.r.t. the student's hidden states and head, within
-  float32 tolerance) to
+  ``sad_loss`` on the fused backend: equal (value, gradients w.r.t. the student's
+  hidden states and head, metrics and next state, within float32 tolerance) to
 
   .. code-block:: python
 
     sad_loss(student_hidden @ student_head, teacher_hidden @ teacher_head,
-             span_ids, state, config, normalizer=normalizer)[0]
+             span_ids, state, config, labels=labels, normalizer=normalizer)
 
-  for configs where that loss is the weighted divergence alone (see
-  :func:`sad_token_coefficients`): it is :func:`fused_distill_loss` with
-  ``weights = sad_token_coefficients(...)`` and ``reduction="sum"``. Metrics and
-  the next :class:`~sad_jax.objective._state.SADState` are not computed (they need the
-  per-token divergence); a ValueError names the settings that need the logits.
+  Settings the fused backend cannot compute (see the capability table) are refused
+  with a ValueError naming them.
 
   Args:
     student_hidden: ``[B, T, d]`` student final hidden states.
@@ -322,28 +429,24 @@ def fused_sad_loss(student_hidden: chex.Array, student_head: chex.Array,
     teacher_hidden: ``[B, T, d_T]`` teacher final hidden states.
     teacher_head: ``[d_T, V]`` teacher lm-head matrix.
     span_ids: ``[B, T]`` int span types.
-    state: :class:`~sad_jax.objective._state.SADState`; its temperature is used.
+    state: :class:`~sad_jax.objective.SADState`.
     config: the objective config.
-    normalizer: as in :func:`sad_jax.objective._sad.sad_loss`.
+    labels: ``[B, T]`` int hard labels (``hard_label_weight``).
+    normalizer: as in :func:`sad_jax.objective.sad_loss`.
     chunk_size: tokens per chunk (default :func:`default_chunk_size`).
+    update_state: as in :func:`sad_jax.objective.sad_loss`.
 
   Returns:
-    The float32 scalar loss.
+    ``(loss, (metrics, new_state))`` as :func:`sad_jax.objective.sad_loss`.
   """
-  config = config_lib.resolve(config)
-  hs = _check_matrix("student_hidden", student_hidden, 3)
-  ht = _check_matrix("teacher_hidden", teacher_hidden, 3)
-  if hs.shape[:2] != jnp.shape(span_ids) or ht.shape[:2] != jnp.shape(span_ids):
-    raise ValueError(f"student_hidden {hs.shape} and teacher_hidden {ht.shape} must start "
-                     f"with the span_ids shape {jnp.shape(span_ids)}")
-  coefficients = sad_token_coefficients(span_ids, state, config, normalizer=normalizer)
-  return fused_distill_loss(
-      hs.reshape(-1, hs.shape[-1]), student_head, ht.reshape(-1, ht.shape[-1]),
-      teacher_head, divergence=config.divergence,
-      temperature=jax.lax.stop_gradient(state.temperature),
-      weights=coefficients.reshape(-1), reduction="sum", chunk_size=chunk_size,
-      **dict(config.divergence_kwargs))
+  from sad_jax.objective import _loss as loss_lib  # pylint: disable=g-import-not-at-top
+  from sad_jax.objective import _sad as objective  # pylint: disable=g-import-not-at-top
+  return objective.sad_loss(
+      loss_lib.ModelOutput(hidden=student_hidden, head=student_head),
+      loss_lib.ModelOutput(hidden=teacher_hidden, head=teacher_head), span_ids, state, config,
+      labels=labels, normalizer=normalizer, update_state=update_state,
+      backend=Fused(chunk_size))
 
 
-__all__ = ["fused_distill_loss", "fused_sad_loss", "sad_token_coefficients",
-           "default_chunk_size", "CHUNK_ELEMENTS"]
+__all__ = ["CHUNK_ELEMENTS", "Fused", "default_chunk_size", "fused_distill_loss",
+           "fused_map", "fused_sad_loss", "fused_value"]

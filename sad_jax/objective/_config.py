@@ -16,7 +16,8 @@ Fields (see :func:`default_config` for the defaults):
 
 * ``divergence`` / ``divergence_kwargs``: a name from
   :mod:`sad_jax.losses._divergences` and its parameters (e.g. ``beta`` for
-  ``generalized_jsd``).
+  ``generalized_jsd``); ``divergence_weight`` its coefficient (0: no teacher term,
+  e.g. supervised fine-tuning with ``hard_label_weight = 1``).
 * ``temperature``: initial distillation temperature (the running value is
   ``SADState.temperature``); ``scale_by_t2`` multiplies the divergence by
   :math:`T^2` once (Hinton et al., 2015).
@@ -69,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.divergence = "forward_kl"
   c.divergence_kwargs = ml_collections.ConfigDict()
+  c.divergence_weight = 1.0
   c.temperature = 1.0
   c.scale_by_t2 = True
   c.span_weights = ml_collections.ConfigDict(dict(
@@ -183,6 +185,7 @@ def validate(config) -> None:
     if not accepts_any and key not in allowed:
       _fail(f"divergence_kwargs.{key}", config["divergence_kwargs"][key],
             f"parameters of {name}: {', '.join(allowed) or '(none)'}")
+  _number(config, "divergence_weight", lo=0, hi=math.inf, hi_open=True)
   _number(config, "temperature", lo=0, lo_open=True, hi=math.inf, hi_open=True)
   if not isinstance(config["scale_by_t2"], bool):
     _fail("scale_by_t2", config["scale_by_t2"], "True, False")
@@ -218,6 +221,18 @@ def validate(config) -> None:
   _number(config, "plateau.history_size", lo=1, integer=True)
   _number(config, "plateau.patience", lo=1, integer=True)
   _number(config, "plateau.min_delta", lo=0, hi=1, hi_open=True)
+  if config["divergence_weight"] == 0:
+    reg = config["regularizers"]
+    if config["weighting"] in ("confidence_based", "difficulty_aware"):
+      _fail("weighting", config["weighting"], "a strategy that needs no teacher when "
+            "divergence_weight = 0 (confidence_based and difficulty_aware read the teacher)")
+    if at["enabled"]:
+      _fail("adaptive_temperature.enabled", True, "False when divergence_weight = 0 (the "
+            "rule follows teacher-student agreement)")
+    if config["hard_label_weight"] == 0 and not any(
+        reg[k] != 0 for k in ("entropy", "confidence_penalty", "span_consistency")):
+      _fail("divergence_weight", 0.0, "> 0, or a hard_label_weight / regularizer > 0 "
+            "(with all of them 0 there is nothing to train)")
 
 
 def resolve(config) -> ml_collections.ConfigDict:
@@ -232,13 +247,23 @@ def resolve(config) -> ml_collections.ConfigDict:
     return config
   if _is_mapping(config):
     merged = default_config()
-    _merge(merged, config)
+    merge(merged, config)
     validate(merged)
     return merged
   raise TypeError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
 
 
-def _merge(base: ml_collections.ConfigDict, overrides: Mapping, prefix: str = "") -> None:
+def merge(base: ml_collections.ConfigDict, overrides: Mapping, prefix: str = "") -> None:
+  """Merges a (nested) mapping of ``overrides`` into ``base`` in place, type-checked.
+
+  The one merge of every config schema (the objective's and the training config,
+  which nests it): unknown keys are refused naming the allowed ones, sub-configs take
+  mappings, a leaf takes a value of its default's type (ints and numeric strings for
+  floats, as YAML 1.1 writes ``1e-3``; a list for a tuple).
+
+  Raises:
+    ValueError: naming ``prefix + key``, the value and what is allowed.
+  """
   for key, value in overrides.items():
     path = f"{prefix}{key}"
     if key not in base:
@@ -251,9 +276,11 @@ def _merge(base: ml_collections.ConfigDict, overrides: Mapping, prefix: str = ""
     elif isinstance(base[key], ml_collections.ConfigDict):
       if not _is_mapping(value):
         _fail(path, value, f"a mapping with fields {', '.join(base[key].keys())}")
-      _merge(base[key], value, f"{path}.")
+      merge(base[key], value, f"{path}.")
     else:
       expected = type(base[key])
+      if expected is tuple and isinstance(value, list):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
       if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:
           value = float(value)  # ints, and YAML 1.1 which reads "1e-3" as a string

@@ -31,131 +31,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sad_jax.objective import _config as config_lib
-from sad_jax.losses import _divergences as divergences
 from sad_jax.losses import _regularizers as regularizers
-from sad_jax.losses import _sparse as sparse
+from sad_jax.losses._cross_entropy import hard_label_ce
+from sad_jax.objective import _config as config_lib
 from sad_jax.objective import _spans as spans
 from sad_jax.objective import _state as state_lib
 from sad_jax.objective import _weighting as weighting
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
+_TEACHER_WEIGHTINGS = ("confidence_based", "difficulty_aware")
 
 
 def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def teacher_statistics(student_logits: chex.Array, teacher: Any,
-                       where: chex.Array) -> dict[str, jax.Array]:
-  """Per-token statistics at :math:`T = 1`, all ``float32 [B, T]`` without gradient.
+def token_coefficients(weights: chex.Array, span_ids: chex.Array, *, normalization: str,
+                       where: chex.Array | None = None, axis_name=None,
+                       normalizer: chex.Array | None = None
+                       ) -> tuple[jax.Array, jax.Array]:
+  """Per-token coefficients :math:`c` of the reduction: ``loss = sum(c * per_token)``.
 
-  ``teacher_entropy`` :math:`H(p_T)`, ``student_entropy`` :math:`H(p_S)`,
-  ``kl_t1`` :math:`KL(p_T \\| p_S)`, ``agreement`` :math:`[\\arg\\max p_S =
-  \\arg\\max p_T]` and ``total_variation`` :math:`\\tfrac12 \\lVert p_T - p_S \\rVert_1`.
-  They feed the metrics, the adaptive temperature and the ``confidence_based`` /
-  ``difficulty_aware`` strategies. Tokens outside ``where`` give 0.
-
-  For a :class:`~sad_jax.losses._sparse.SparseTeacher`, ``teacher_entropy``, ``kl_t1`` and
-  ``total_variation`` are computed on the support of its tail policy at
-  :math:`T = 1` (:func:`sad_jax.losses._sparse.reduce_to_support`: the top-k entries, plus
-  the tail bucket for ``tail_bucket`` / ``renormalize_teacher``), where the tail
-  counts as one token; the teacher entropy is therefore a lower bound of the full
-  one. ``student_entropy`` (full vocabulary) and ``agreement`` (the teacher's
-  argmax is its most likely stored index) are exact. With ``K = V`` every
-  statistic equals the dense one.
+  Every normalization is linear in the per-token loss once the weights are fixed:
+  ``tokens`` :math:`c = w / N`; ``span_mean`` :math:`c = w / N_{s}` (the trained
+  tokens of the token's span type); ``sequence`` :math:`c = w / (n_b R)` (the row's
+  trained tokens, the rows with any). The denominators are psum-ed over ``axis_name``,
+  or taken from ``normalizer`` (:func:`loss_normalizer` of the full batch).
 
   Args:
-    student_logits: ``[B, T, V]``.
-    teacher: dense teacher logits ``[B, T, V]`` or a
-      :class:`~sad_jax.losses._sparse.SparseTeacher` with ``[B, T, K]`` leaves.
-    where: ``[B, T]`` bool, the trained tokens.
-  """
-  where = jnp.asarray(where, bool)
-  s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
-  log_q = jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)
-  student_entropy = _entropy(log_q)
-  if isinstance(teacher, sparse.SparseTeacher):
-    teacher = jax.lax.stop_gradient(teacher)
-    log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0,
-                                                    where)
-    top = jnp.take_along_axis(jnp.asarray(teacher.indices),
-                              jnp.argmax(teacher.logprobs, axis=-1)[..., None], axis=-1)
-    agreement = jnp.argmax(s, axis=-1) == top[..., 0]
-  else:
-    if not (hasattr(teacher, "shape") and hasattr(teacher, "dtype")):
-      raise TypeError(f"teacher statistics need dense teacher logits [B, T, V] or a "
-                      f"SparseTeacher, got {type(teacher).__name__}")
-    if teacher.shape[-1] != student_logits.shape[-1]:
-      raise ValueError(f"student vocab size {student_logits.shape[-1]} != teacher vocab "
-                       f"size {teacher.shape[-1]}; pad the smaller one with sad_jax.pad_vocab")
-    if teacher.shape != student_logits.shape:
-      raise ValueError(f"teacher shape {teacher.shape} must equal student_logits shape "
-                       f"{student_logits.shape}")
-    t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
-    log_q_support = log_q
-    log_p = jax.nn.log_softmax(t.astype(jnp.float32), axis=-1)
-    agreement = jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)
-  p, q = jnp.exp(log_p), jnp.exp(log_q_support)
-  safe_p = jnp.where(p > 0, log_p, 0.0)
-  stats = dict(
-      teacher_entropy=_entropy(log_p),
-      student_entropy=student_entropy,
-      kl_t1=jnp.sum(jnp.where(p > 0, p * (safe_p - jnp.where(p > 0, log_q_support, 0.0)),
-                              0.0), axis=-1),
-      agreement=agreement.astype(jnp.float32),
-      total_variation=0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
-  )
-  return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
-
-
-def _entropy(log_p: jax.Array) -> jax.Array:
-  """:math:`-\\sum_i p_i \\log p_i` over the last axis, with :math:`0 \\log 0 = 0`."""
-  p = jnp.exp(log_p)
-  return -jnp.sum(p * jnp.where(p > 0, log_p, 0.0), axis=-1)
-
-
-def hard_label_ce(student_logits: chex.Array, labels: chex.Array, *,
-                  label_smoothing: float = 0.0, where: chex.Array | None = None) -> jax.Array:
-  """Cross-entropy with the hard labels, with label smoothing, per token.
-
-  .. math::
-    \\mathrm{CE}_\\epsilon = -(1 - \\epsilon) \\log q_y - \\frac{\\epsilon}{|\\mathcal V|}
-    \\sum_{v \\in \\mathcal V} \\log q_v
-
-  where :math:`\\mathcal V` are the vocabulary entries with finite logits (tokens
-  masked with :math:`-\\infty` get no smoothing mass).
-
-  Args:
-    student_logits: ``[B, T, V]``.
-    labels: ``[B, T]`` int targets (any value on masked tokens).
-    label_smoothing: :math:`\\epsilon \\in [0, 1)`.
-    where: optional ``[B, T]`` bool; masked tokens give 0 with zero gradient.
+    weights: ``[B, T]`` token weights :math:`w`.
+    span_ids: ``[B, T]`` int span types.
+    normalization: ``tokens | span_mean | sequence``.
+    where: ``[B, T]`` bool trained tokens (default ``weights > 0``).
+    axis_name: mapped axis (or axes) of a batch split.
+    normalizer: the full batch's denominator.
 
   Returns:
-    ``float32 [B, T]``.
+    ``(c, counts)``: ``float32 [B, T]`` coefficients (0 off ``where``, no gradient)
+    and the ``[NUM_SPAN_TYPES]`` trained-token counts (psum-ed).
   """
-  labels = jnp.asarray(labels)
-  if not jnp.issubdtype(labels.dtype, jnp.integer):
-    raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-  if labels.shape != jnp.shape(student_logits)[:-1]:
-    raise ValueError(f"labels shape {labels.shape} must equal the token shape "
-                     f"{jnp.shape(student_logits)[:-1]}")
-  if not 0 <= label_smoothing < 1:
-    raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
-  x = jnp.asarray(student_logits).astype(jnp.float32)
-  if where is not None:
-    where = jnp.asarray(where, bool)
-    x = jnp.where(where[..., None], x, 0.0)
-  vocab = x.shape[-1]
-  log_q = jax.nn.log_softmax(x, axis=-1)
-  idx = jnp.clip(labels, 0, vocab - 1)[..., None]
-  ce = -jnp.take_along_axis(log_q, idx, axis=-1)[..., 0]
-  if label_smoothing > 0:
-    finite = jnp.isfinite(log_q)
-    mean_log = jnp.sum(jnp.where(finite, log_q, 0.0), -1) / jnp.maximum(finite.sum(-1), 1)
-    ce = (1.0 - label_smoothing) * ce - label_smoothing * mean_log
-  return ce if where is None else jnp.where(where, ce, 0.0)
+  weights = jax.lax.stop_gradient(jnp.asarray(weights, jnp.float32))
+  trained = weights > 0 if where is None else jnp.asarray(where, bool)
+  counts = _psum(spans.span_counts(span_ids, where=trained), axis_name)
+  norm = None if normalizer is None else jnp.asarray(normalizer, jnp.float32)
+  if normalization == "tokens":
+    c = weights / jnp.maximum(jnp.sum(counts) if norm is None else norm, 1.0)
+  elif normalization == "span_mean":
+    denom = counts if norm is None else norm
+    ids = jnp.clip(jnp.asarray(span_ids), 0, spans.NUM_SPAN_TYPES - 1)
+    c = weights / jnp.maximum(denom, 1.0)[ids]
+  elif normalization == "sequence":
+    row_counts = trained.sum(axis=-1).astype(jnp.float32)
+    rows = (_psum(jnp.sum(row_counts > 0).astype(jnp.float32), axis_name)
+            if norm is None else norm)
+    c = weights / jnp.maximum(row_counts, 1.0)[:, None] / jnp.maximum(rows, 1.0)
+  else:
+    raise ValueError(f"normalization = {normalization!r} is invalid; allowed: "
+                     f"{', '.join(repr(n) for n in config_lib.NORMALIZATIONS)}")
+  return jax.lax.stop_gradient(jnp.where(trained, c, 0.0)), counts
 
 
 def reduce_tokens(per_token: chex.Array, weights: chex.Array, span_ids: chex.Array, *,
@@ -164,13 +97,13 @@ def reduce_tokens(per_token: chex.Array, weights: chex.Array, span_ids: chex.Arr
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Reduces per-token losses to the scalar objective with exact global normalization.
 
-  Shared by every loss path (dense, sparse teacher, fused lm head): compute
-  ``per_token`` and ``weights`` any way, then call this.
+  For a loss computed outside :func:`sad_loss`: compute ``per_token`` and ``weights``
+  any way, then call this (it is the reduction :func:`sad_loss` applies).
 
   Args:
     per_token: ``[B, T]`` per-token loss :math:`\\ell`.
     weights: ``[B, T]`` token weights :math:`w \\ge 0` (e.g. from
-      :func:`sad_jax.objective._weighting.token_weights`); trained tokens are :math:`w > 0`.
+      :func:`sad_jax.objective.token_weights`); trained tokens are :math:`w > 0`.
     span_ids: ``[B, T]`` int span types.
     normalization: ``tokens | span_mean | sequence`` (see the module docstring).
     axis_name: if given, sums and counts are psum-ed over it, so every device gets
@@ -189,26 +122,11 @@ def reduce_tokens(per_token: chex.Array, weights: chex.Array, span_ids: chex.Arr
     raise ValueError(f"per_token {per_token.shape}, weights {weights.shape} and span_ids "
                      f"{jnp.shape(span_ids)} must have the same [B, T] shape")
   trained = weights > 0
-  contrib = jnp.where(trained, weights * per_token, 0.0)
-  sums = _psum(spans.span_sums(contrib, span_ids), axis_name)
-  counts = _psum(spans.span_counts(span_ids, where=trained), axis_name)
-  if normalization == "tokens":
-    denom = jnp.sum(counts) if normalizer is None else jnp.asarray(normalizer, jnp.float32)
-    loss = jnp.sum(sums) / jnp.maximum(denom, 1.0)
-  elif normalization == "span_mean":
-    denom = counts if normalizer is None else jnp.asarray(normalizer, jnp.float32)
-    loss = jnp.sum(sums / jnp.maximum(denom, 1.0))
-  elif normalization == "sequence":
-    row_sums = contrib.sum(axis=-1)
-    row_counts = trained.sum(axis=-1).astype(jnp.float32)
-    row_means = row_sums / jnp.maximum(row_counts, 1.0)
-    total = _psum(jnp.sum(row_means), axis_name)
-    rows = (_psum(jnp.sum(row_counts > 0).astype(jnp.float32), axis_name)
-            if normalizer is None else jnp.asarray(normalizer, jnp.float32))
-    loss = total / jnp.maximum(rows, 1.0)
-  else:
-    raise ValueError(f"normalization = {normalization!r} is invalid; allowed: "
-                     f"{', '.join(repr(n) for n in config_lib.NORMALIZATIONS)}")
+  c, counts = token_coefficients(weights, span_ids, normalization=normalization,
+                                 where=trained, axis_name=axis_name, normalizer=normalizer)
+  loss = _psum(jnp.sum(jnp.where(trained, c * per_token, 0.0)), axis_name)
+  sums = _psum(spans.span_sums(jnp.where(trained, weights * per_token, 0.0), span_ids),
+               axis_name)
   return loss, sums, counts
 
 
@@ -234,40 +152,126 @@ def loss_normalizer(span_ids: chex.Array, config) -> jax.Array:
   return jnp.sum(jnp.any(trained, axis=-1)).astype(jnp.float32)
 
 
-def _check_inputs(student_logits, span_ids):
-  s = jnp.asarray(student_logits)
-  if not jnp.issubdtype(s.dtype, jnp.floating):
-    raise TypeError(f"student_logits must be floating point, got dtype {s.dtype}")
-  if s.ndim != 3:
-    raise ValueError(f"student_logits must be [B, T, V], got shape {s.shape}")
-  if jnp.shape(span_ids) != s.shape[:2]:
-    raise ValueError(f"span_ids shape {jnp.shape(span_ids)} must equal student_logits' "
-                     f"[B, T] = {s.shape[:2]}")
+def _check_span_ids(span_ids, shape):
+  if jnp.shape(span_ids) != tuple(shape):
+    raise ValueError(f"span_ids shape {jnp.shape(span_ids)} must equal the student's "
+                     f"[B, T] = {tuple(shape)}")
   if not jnp.issubdtype(jnp.asarray(span_ids).dtype, jnp.integer):
     raise TypeError(f"span_ids must be integers, got dtype {jnp.asarray(span_ids).dtype}")
-  return s
+
+
+def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADState, config,
+            *, backend, labels: chex.Array | None = None, axis_name=None,
+            normalizer: chex.Array | None = None, update_state: bool = True,
+            moe_scale: float = 1.0) -> tuple[jax.Array, tuple[Metrics, state_lib.SADState]]:
+  """The one composition of the objective, for a *validated* config and a backend.
+
+  :func:`sad_loss` and :class:`sad_jax.objective.SADLoss` call it; it does no config
+  work (the config was merged and validated when the loss was built). ``student`` is
+  a :class:`~sad_jax.objective.ModelOutput`; the other arguments are those of
+  :func:`sad_loss`, plus ``moe_scale`` (the MoE coefficient's factor, ``1 / M`` for
+  ``M`` micro-batches).
+  """
+  from sad_jax.backends import _base as backend_base  # pylint: disable=g-import-not-at-top
+  shape = backend.token_shape(student)
+  _check_span_ids(span_ids, shape)
+  span_ids = jnp.asarray(span_ids)
+  terms = backend_base.Terms.from_config(config)
+  if terms.divergence is not None:
+    if teacher is None:
+      raise ValueError(f"config.divergence_weight = {config.divergence_weight} needs a "
+                       "teacher (set it to 0 for a loss without one)")
+    backend.check(config, backend_base.teacher_kind(teacher))
+    teacher = jax.tree.map(jax.lax.stop_gradient, teacher)
+  else:
+    teacher = None
+  if labels is None and config.hard_label_weight > 0:
+    raise ValueError(f"config.hard_label_weight = {config.hard_label_weight} needs labels")
+  if labels is not None:
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != tuple(shape):
+      raise ValueError(f"labels shape {labels.shape} must equal the token shape {tuple(shape)}")
+  base = weighting.uniform(span_ids, config.span_weights) > 0
+  stats = None
+  if teacher is not None and config.weighting in _TEACHER_WEIGHTINGS:
+    stats = backend.statistics(student, teacher, base)
+  weights = weighting.token_weights(
+      span_ids, config, state,
+      teacher_entropy=None if stats is None else stats["teacher_entropy"],
+      disagreement=None if stats is None else stats["total_variation"],
+      vocab_size=backend.vocab_size(student))
+  coefficients, counts = token_coefficients(
+      weights, span_ids, normalization=config.normalization, where=base,
+      axis_name=axis_name, normalizer=normalizer)
+  temperature = jax.lax.stop_gradient(state.temperature)
+  loss, values = backend.terms(
+      student, teacher, terms, where=base, coefficients=coefficients,
+      temperature=temperature, labels=labels, span_ids=span_ids, axis_name=axis_name,
+      statistics=base if teacher is not None and stats is None else None)
+  values = dict(values)
+  if teacher is not None and stats is None:
+    stats = {k: values.pop(k) for k in backend_base.STATISTICS}
+  per_token = values.pop("loss")
+  # A non-finite teacher / student value or weight on a trained token poisons the
+  # step (the guard skips it) instead of vanishing in a mask.
+  finite = jnp.isfinite(weights)
+  if stats is not None:
+    finite &= jnp.isfinite(stats["teacher_entropy"]) & jnp.isfinite(stats["student_entropy"])
+  bad = base & ~finite
+  poisoned = _psum(jnp.sum(bad), axis_name) > 0
+  loss = jnp.where(poisoned, jnp.nan, loss)
+  per_token = jnp.where(bad, jnp.nan, per_token)
+
+  def pair(v):
+    return (_psum(spans.span_sums(jax.lax.stop_gradient(v), span_ids), axis_name), counts)
+
+  metrics: Metrics = {"loss": pair(jnp.where(base, weights * per_token, 0.0)),
+                      "weight": pair(weights)}
+  metrics.update({k: pair(v) for k, v in values.items() if k != "entropy"})
+  if stats is not None:
+    metrics.update({k: pair(v) for k, v in stats.items()})
+
+  reg = config.regularizers
+  if reg.moe_load_balance > 0:
+    if student.router_logits is None or student.expert_ids is None:
+      raise ValueError(f"config.regularizers.moe_load_balance = {reg.moe_load_balance} needs "
+                       "router_logits and expert_ids (ModelOutput fields)")
+    moe, moe_per_span, moe_counts = regularizers.moe_load_balance(
+        student.router_logits, student.expert_ids, span_ids, axis_name=axis_name)
+    loss = loss + reg.moe_load_balance * moe_scale * moe
+    metrics["moe_load_balance"] = (jax.lax.stop_gradient(moe_per_span * moe_counts), moe_counts)
+
+  new_state = state_lib.update_state(state, metrics, config) if update_state else state
+  return loss, (metrics, new_state)
 
 
 def sad_loss(student_logits: chex.Array, teacher: Any, span_ids: chex.Array,
              state: state_lib.SADState, config, *, labels: chex.Array | None = None,
              axis_name: str | None = None, router_logits: chex.Array | None = None,
              expert_ids: chex.Array | None = None, normalizer: chex.Array | None = None,
-             update_state: bool = True) -> tuple[jax.Array, tuple[Metrics, state_lib.SADState]]:
+             update_state: bool = True, backend=None
+             ) -> tuple[jax.Array, tuple[Metrics, state_lib.SADState]]:
   """The Structured Agent Distillation loss, its metrics and the next state.
 
   Pure and jittable; use with ``jax.value_and_grad(..., has_aux=True)``. The
-  config is static (close over it; ``ConfigDict`` is not a pytree). See the module
-  docstring for the math.
+  config is static (close over it; ``ConfigDict`` is not a pytree); it is merged and
+  validated on every call, so inside a training loop build a
+  :class:`sad_jax.objective.SADLoss` once instead. See the module docstring for the math.
 
   Args:
-    student_logits: ``[B, T, V]`` student logits (any float dtype).
-    teacher: ``[B, T, V]`` teacher logits, or a :class:`~sad_jax.losses._sparse.SparseTeacher`
+    student_logits: ``[B, T, V]`` student logits (any float dtype), or a
+      :class:`~sad_jax.objective.ModelOutput` (e.g. hidden states and head for the
+      fused backend).
+    teacher: ``[B, T, V]`` teacher logits, or a :class:`~sad_jax.losses.SparseTeacher`
       (``[B, T, K]`` leaves, e.g. from :mod:`sad_jax.data.teacher_cache`) when the
-      configured divergence accepts one (``divergences.SPARSE_DIVERGENCES``); the
-      teacher statistics then live on its tail policy's support (see
-      :func:`teacher_statistics`). Stop-gradient is applied.
-    span_ids: ``[B, T]`` int :class:`~sad_jax.objective._spans.SpanType` per token, per row.
-    state: :class:`~sad_jax.objective._state.SADState` (temperature, running losses, ...).
+      configured divergence accepts one (``SPARSE_DIVERGENCES``); the teacher
+      statistics then live on its tail policy's support (see
+      :func:`sad_jax.backends.dense_statistics`). Stop-gradient is applied.
+      ``None`` when ``divergence_weight = 0``.
+    span_ids: ``[B, T]`` int :class:`~sad_jax.objective.SpanType` per token, per row.
+    state: :class:`~sad_jax.objective.SADState` (temperature, running losses, ...).
     config: the objective config (``ConfigDict`` or a mapping of overrides).
     labels: ``[B, T]`` int hard labels; required when ``hard_label_weight > 0``
       (when given, their cross-entropy is reported in the metrics either way).
@@ -281,71 +285,25 @@ def sad_loss(student_logits: chex.Array, teacher: Any, span_ids: chex.Array,
       micro-batch (gradient accumulation). The MoE term is per call: with ``M``
       micro-batches scale its coefficient by ``1 / M``.
     update_state: if False, ``new_state`` is ``state`` (advance it once per
-      optimizer step with :func:`sad_jax.objective._state.update_state` on summed metrics).
+      optimizer step with :func:`sad_jax.objective.update_state` on summed metrics).
+    backend: the vocabulary backend (default dense; see :mod:`sad_jax.backends`).
 
   Returns:
     ``(loss, (metrics, new_state))``: the float32 scalar loss; ``metrics`` maps
     names to ``(sum, count)`` pairs of ``[NUM_SPAN_TYPES]`` arrays over trained
     tokens (see :func:`finalize_metrics`); ``new_state``.
   """
+  from sad_jax import backends as backends_lib  # pylint: disable=g-import-not-at-top
+  from sad_jax.objective import _loss as loss_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.resolve(config)
-  s = _check_inputs(student_logits, span_ids)
-  span_ids = jnp.asarray(span_ids)
-  teacher = jax.tree.map(jax.lax.stop_gradient, teacher)
-  base = weighting.uniform(span_ids, config.span_weights) > 0
-  stats = teacher_statistics(s, teacher, base)
-  weights = weighting.token_weights(
-      span_ids, config, state, teacher_entropy=stats["teacher_entropy"],
-      disagreement=stats["total_variation"], vocab_size=s.shape[-1])
-  trained = weights > 0
-  temperature = jax.lax.stop_gradient(state.temperature)
-
-  divergence = divergences.get_divergence(config.divergence)(
-      s, teacher, temperature=temperature, where=trained, **dict(config.divergence_kwargs))
-  scale = jnp.square(temperature) if config.scale_by_t2 else 1.0
-  per_token = scale * divergence
-  extra: dict[str, jax.Array] = {}
-  if labels is not None:
-    extra["hard_label_ce"] = hard_label_ce(s, labels, label_smoothing=config.label_smoothing,
-                                           where=trained)
-    if config.hard_label_weight > 0:
-      per_token = per_token + config.hard_label_weight * extra["hard_label_ce"]
-  elif config.hard_label_weight > 0:
-    raise ValueError(f"config.hard_label_weight = {config.hard_label_weight} needs labels")
-  reg = config.regularizers
-  if reg.entropy != 0:
-    per_token = per_token + reg.entropy * regularizers.entropy_regularizer(s, where=trained)
-  if reg.confidence_penalty > 0:
-    extra["confidence_penalty"] = regularizers.confidence_penalty(
-        s, threshold=reg.confidence_threshold, where=trained)
-    per_token = per_token + reg.confidence_penalty * extra["confidence_penalty"]
-  if reg.span_consistency > 0:
-    extra["span_consistency"] = regularizers.span_consistency(s, span_ids, where=trained)
-    per_token = per_token + reg.span_consistency * extra["span_consistency"]
-
-  loss, loss_sums, counts = reduce_tokens(per_token, weights, span_ids,
-                                          normalization=config.normalization,
-                                          axis_name=axis_name, normalizer=normalizer)
-
-  def pair(values):
-    return (_psum(spans.span_sums(jax.lax.stop_gradient(values), span_ids), axis_name), counts)
-
-  metrics: Metrics = {"loss": (jax.lax.stop_gradient(loss_sums), counts),
-                      "weight": pair(weights), "divergence": pair(divergence)}
-  metrics.update({k: pair(v) for k, v in stats.items()})
-  metrics.update({k: pair(v) for k, v in extra.items()})
-
-  if reg.moe_load_balance > 0:
-    if router_logits is None or expert_ids is None:
-      raise ValueError(f"config.regularizers.moe_load_balance = {reg.moe_load_balance} needs "
-                       "router_logits and expert_ids")
-    moe, moe_per_span, moe_counts = regularizers.moe_load_balance(
-        router_logits, expert_ids, span_ids, axis_name=axis_name)
-    loss = loss + reg.moe_load_balance * moe
-    metrics["moe_load_balance"] = (jax.lax.stop_gradient(moe_per_span * moe_counts), moe_counts)
-
-  new_state = state_lib.update_state(state, metrics, config) if update_state else state
-  return loss, (metrics, new_state)
+  backend = backends_lib.get_backend(backend)
+  backend.check(config)
+  student = loss_lib.as_model_output(student_logits, what="student_logits")
+  if router_logits is not None or expert_ids is not None:
+    student = loss_lib.ModelOutput(**dict(vars(student), router_logits=router_logits,
+                                          expert_ids=expert_ids))
+  return compose(student, teacher, span_ids, state, config, backend=backend, labels=labels,
+                 axis_name=axis_name, normalizer=normalizer, update_state=update_state)
 
 
 def merge_metrics(a: Metrics, b: Metrics) -> Metrics:
@@ -380,5 +338,5 @@ def finalize_metrics(metrics: Metrics) -> dict[str, float]:
   return out
 
 
-__all__ = ["sad_loss", "reduce_tokens", "loss_normalizer", "teacher_statistics",
+__all__ = ["compose", "sad_loss", "reduce_tokens", "loss_normalizer", "token_coefficients",
            "hard_label_ce", "merge_metrics", "finalize_metrics"]

@@ -194,9 +194,11 @@ def update_state(state: SADState, metrics: Metrics, config) -> SADState:
   Reads ``metrics["divergence"]``, ``metrics["agreement"]`` and
   ``metrics["kl_t1"]`` -- ``(sum, count)`` pairs per span type over trained
   tokens, as returned by :func:`sad_jax.sad_loss` (summed over micro-batches when
-  accumulating). If these statistics are not finite the step counts as skipped
-  (:func:`skip_step`) and nothing else changes, so one bad batch cannot poison
-  the running values. A step without trained tokens advances ``step`` (and the
+  accumulating); a loss without a teacher (``divergence_weight = 0``) has none of
+  them, and its running span losses and plateau follow ``metrics["loss"]``. If any
+  of these or ``metrics["loss"]`` is not finite the step counts as skipped
+  (:func:`skip_step`) and nothing else changes, so one bad batch cannot poison the
+  running values. A step without trained tokens advances ``step`` (and the
   curriculum) only.
 
   Args:
@@ -207,16 +209,22 @@ def update_state(state: SADState, metrics: Metrics, config) -> SADState:
   Returns:
     The next state.
   """
-  div_sums, div_counts = (jnp.asarray(x, jnp.float32) for x in metrics["divergence"])
-  agree_sums, agree_counts = (jnp.asarray(x, jnp.float32) for x in metrics["agreement"])
-  kl_sums, kl_counts = (jnp.asarray(x, jnp.float32) for x in metrics["kl_t1"])
-  finite = (jnp.all(jnp.isfinite(div_sums)) & jnp.all(jnp.isfinite(agree_sums))
-            & jnp.all(jnp.isfinite(kl_sums)))
+  def pair(name, fallback="loss"):
+    return tuple(jnp.asarray(x, jnp.float32) for x in metrics.get(name, metrics[fallback]))
+
+  div_sums, div_counts = pair("divergence")
+  kl_sums, kl_counts = pair("kl_t1")
+  finite = jnp.all(jnp.isfinite(div_sums)) & jnp.all(jnp.isfinite(kl_sums))
+  if "loss" in metrics:
+    finite &= jnp.all(jnp.isfinite(pair("loss")[0]))
+  if "agreement" in metrics:
+    agree_sums, agree_counts = pair("agreement")
+    finite &= jnp.all(jnp.isfinite(agree_sums))
   present = div_counts > 0
   any_tokens = jnp.any(present)
 
   new = update_span_losses(state, _safe_mean(div_sums, div_counts), present, config.ema_decay)
-  if config.adaptive_temperature.enabled:
+  if config.adaptive_temperature.enabled:  # validated: then there is a teacher
     at = config.adaptive_temperature
     agreement = jnp.sum(agree_sums) / jnp.maximum(jnp.sum(agree_counts), 1.0)
     moved = update_temperature(new, agreement, at.min, at.max, at.rate)

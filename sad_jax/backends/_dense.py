@@ -1,0 +1,177 @@
+r"""The dense backend: full logits ``[B, T, V]`` on each device.
+
+The reference implementation of the backend interface (:mod:`sad_jax.backends._base`):
+the divergences of :mod:`sad_jax.losses` on the logits, the regularizers and the
+hard-label cross-entropy, and the teacher statistics. The fused backend applies the
+same per-token functions (:func:`dense_terms`, :func:`dense_statistics`) to each chunk
+of tokens.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from sad_jax.backends import _base as base
+from sad_jax.losses import _cross_entropy as cross_entropy
+from sad_jax.losses import _divergences as divergences
+from sad_jax.losses import _registry as registry
+from sad_jax.losses import _regularizers as regularizers
+from sad_jax.losses import _sparse as sparse
+
+
+def _entropy(log_p: jax.Array) -> jax.Array:
+  """:math:`-\\sum_i p_i \\log p_i` over the last axis, with :math:`0 \\log 0 = 0`."""
+  p = jnp.exp(log_p)
+  return -jnp.sum(p * jnp.where(p > 0, log_p, 0.0), axis=-1)
+
+
+def _check_teacher(student_logits, teacher):
+  if isinstance(teacher, sparse.SparseTeacher):
+    return
+  if not (hasattr(teacher, "shape") and hasattr(teacher, "dtype")):
+    raise TypeError(f"the teacher must be dense logits [..., V] or a SparseTeacher, got "
+                    f"{type(teacher).__name__}")
+  if teacher.shape[-1] != student_logits.shape[-1]:
+    raise ValueError(f"student vocab size {student_logits.shape[-1]} != teacher vocab "
+                     f"size {teacher.shape[-1]}; pad the smaller one with sad_jax.pad_vocab")
+  if teacher.shape != student_logits.shape:
+    raise ValueError(f"teacher shape {teacher.shape} must equal student_logits shape "
+                     f"{student_logits.shape}")
+
+
+def dense_statistics(student_logits: chex.Array, teacher: Any,
+                     where: chex.Array) -> dict[str, jax.Array]:
+  """Per-token statistics at :math:`T = 1`, all ``float32 [...]`` without gradient.
+
+  ``teacher_entropy`` :math:`H(p_T)`, ``student_entropy`` :math:`H(p_S)`,
+  ``kl_t1`` :math:`KL(p_T \\| p_S)`, ``agreement`` :math:`[\\arg\\max p_S =
+  \\arg\\max p_T]` and ``total_variation`` :math:`\\tfrac12 \\lVert p_T - p_S \\rVert_1`.
+  They feed the metrics, the adaptive temperature and the ``confidence_based`` /
+  ``difficulty_aware`` strategies. Tokens outside ``where`` give 0; a non-finite
+  teacher or student logit on a token in ``where`` makes its entropies non-finite.
+
+  For a :class:`~sad_jax.losses.SparseTeacher`, ``teacher_entropy``, ``kl_t1`` and
+  ``total_variation`` are computed on the support of its tail policy at :math:`T = 1`
+  (:func:`sad_jax.losses._sparse.reduce_to_support`: the top-k entries, plus the tail
+  bucket for ``tail_bucket`` / ``renormalize_teacher``), where the tail counts as one
+  token; the teacher entropy is therefore a lower bound of the full one.
+  ``student_entropy`` (full vocabulary) and ``agreement`` (the teacher's argmax is its
+  most likely stored index) are exact. With ``K = V`` every statistic equals the dense
+  one.
+
+  Args:
+    student_logits: ``[..., V]``.
+    teacher: dense teacher logits ``[..., V]`` or a SparseTeacher with ``[..., K]`` leaves.
+    where: ``[...]`` bool, the trained tokens.
+  """
+  where = jnp.asarray(where, bool)
+  _check_teacher(student_logits, teacher)
+  s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
+  log_q = jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)
+  student_entropy = _entropy(log_q)
+  if isinstance(teacher, sparse.SparseTeacher):
+    teacher = jax.lax.stop_gradient(teacher)
+    log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0,
+                                                    where)
+    logprobs = jnp.asarray(teacher.logprobs, jnp.float32)
+    top = jnp.take_along_axis(jnp.asarray(teacher.indices),
+                              jnp.argmax(logprobs, axis=-1)[..., None], axis=-1)
+    agreement = jnp.argmax(s, axis=-1) == top[..., 0]
+    # A non-finite stored log-prob must not vanish in the tail policy's arithmetic.
+    bad = ~jnp.all(jnp.isfinite(logprobs) | (logprobs == -jnp.inf), axis=-1)
+  else:
+    t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
+    log_q_support = log_q
+    log_p = jax.nn.log_softmax(t.astype(jnp.float32), axis=-1)
+    agreement = jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)
+    bad = jnp.zeros(where.shape, bool)
+  p, q = jnp.exp(log_p), jnp.exp(log_q_support)
+  safe_p = jnp.where(p > 0, log_p, 0.0)
+  stats = dict(
+      teacher_entropy=jnp.where(bad, jnp.nan, _entropy(log_p)),
+      student_entropy=student_entropy,
+      kl_t1=jnp.sum(jnp.where(p > 0, p * (safe_p - jnp.where(p > 0, log_q_support, 0.0)),
+                              0.0), axis=-1),
+      agreement=agreement.astype(jnp.float32),
+      total_variation=0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
+  )
+  return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
+
+
+def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
+                where: chex.Array, temperature, labels: chex.Array | None = None,
+                span_ids: chex.Array | None = None) -> dict[str, jax.Array]:
+  """The per-token terms of ``terms`` (:meth:`~sad_jax.backends._base.Terms.names`) from
+  dense logits ``[..., V]``; ``float32 [...]``, 0 outside ``where``."""
+  values = {}
+  if terms.divergence is not None:
+    values["divergence"] = divergences.get_divergence(terms.divergence)(
+        student_logits, teacher, temperature=temperature, where=where, **terms.kwargs)
+  if labels is not None:
+    values["hard_label_ce"] = cross_entropy.hard_label_ce(
+        student_logits, labels, label_smoothing=terms.label_smoothing, where=where)
+  if terms.entropy != 0:
+    values["entropy"] = regularizers.entropy_regularizer(student_logits, where=where)
+  if terms.confidence_penalty > 0:
+    values["confidence_penalty"] = regularizers.confidence_penalty(
+        student_logits, threshold=terms.confidence_threshold, where=where)
+  if terms.span_consistency > 0:
+    values["span_consistency"] = regularizers.span_consistency(student_logits, span_ids,
+                                                               where=where)
+  return values
+
+
+class Dense:
+  """The dense backend: the student's logits ``[B, T, V]`` (``ModelOutput.logits``)."""
+
+  name = "dense"
+
+  def check(self, config, teacher_kind: str | None = None) -> None:
+    registry.check(config, self.name, teacher_kind)
+
+  def logits(self, student) -> jax.Array:
+    s = student.logits
+    if s is None:
+      raise ValueError("the dense backend needs the student's logits [B, T, V]; the model "
+                       "returned none (hidden states and head go to backends.fused())")
+    s = jnp.asarray(s)
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+      raise TypeError(f"student_logits must be floating point, got dtype {s.dtype}")
+    if s.ndim != 3:
+      raise ValueError(f"student_logits must be [B, T, V], got shape {s.shape}")
+    return s
+
+  def token_shape(self, student) -> tuple[int, int]:
+    return self.logits(student).shape[:2]
+
+  def vocab_size(self, student) -> int:
+    return self.logits(student).shape[-1]
+
+  def run(self, fn, student, teacher, span_ids, labels, state, normalizer):
+    """``fn(student, teacher, span_ids, labels, state, normalizer, axis_name=None)``."""
+    return fn(student, teacher, span_ids, labels, state, normalizer, None)
+
+  def statistics(self, student, teacher, where):
+    return dense_statistics(self.logits(student), teacher, where)
+
+  def terms(self, student, teacher, terms: base.Terms, *, where, coefficients, temperature,
+            labels=None, span_ids=None, axis_name=None, statistics=None):
+    s = self.logits(student)
+    if teacher is not None:
+      _check_teacher(s, teacher)
+    values = dense_terms(s, teacher, terms, where=where, temperature=temperature,
+                         labels=labels, span_ids=span_ids)
+    per_token = terms.combine(values, temperature)
+    total = base.weighted_total(per_token, coefficients, where, axis_name)
+    values = dict(values, loss=per_token)
+    if statistics is not None:
+      values.update(dense_statistics(s, teacher, statistics))
+    return total, jax.lax.stop_gradient(values)
+
+
+DENSE = Dense()
+
+__all__ = ["DENSE", "Dense", "dense_statistics", "dense_terms"]
