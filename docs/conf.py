@@ -105,7 +105,7 @@ def _describe(value) -> str:
 
 def api_reference() -> str:
   """The API page body: per family a summary table, then each public name."""
-  out = []
+  out, seen = [], {}
   for modname, blurb in FAMILIES:
     try:
       module = importlib.import_module(modname)
@@ -113,12 +113,21 @@ def api_reference() -> str:
       continue
     entries = [(n, _directive(module, n)) for n in _public_names(module)]
     entries = [(n, d) for n, d in entries if d is not None]
-    code = [n for n, d in entries if d != "autodata"]
+    again = {n: seen[id(getattr(module, n))] for n, d in entries
+             if d != "autodata" and id(getattr(module, n)) in seen}
+    code = [n for n, d in entries if d != "autodata" and n not in again]
     out += [f"## `{modname}`", "", blurb, "", "```{eval-rst}",
             f".. currentmodule:: {modname}", ""]
     if code:
       out += [".. autosummary::", ""] + [f"   {n}" for n in code] + [""]
+    if again:
+      out += ["Also exported here: " + ", ".join(
+          f":py:obj:`{n} <{first}>`" for n, first in again.items()) + ".", ""]
     for name, directive in entries:
+      if name in again:
+        continue
+      if directive != "autodata":
+        seen[id(getattr(module, name))] = f"{modname}.{name}"
       if directive == "autodata":
         out += [f".. py:data:: {name}", "", "   " + _describe(getattr(module, name)), ""]
         continue
