@@ -186,7 +186,27 @@ def _source_read(app, docname, source):
     source[0] = source[0].replace("<!-- toctree -->", toctree())
 
 
+def _literal_safe_summaries():
+  """autosummary cuts a summary at the first ". ", also inside ``a .. b``; keep it whole."""
+  from sphinx.ext import autosummary  # pylint: disable=g-import-not-at-top
+  extract = autosummary.extract_summary
+
+  def summary(doc, settings):
+    text = extract(doc, settings)
+    if text.count("``") % 2:
+      first = []
+      for line in doc:
+        if not line.strip():
+          break
+        first.append(line.strip())
+      text = " ".join(first)
+    return text
+
+  autosummary.extract_summary = summary
+
+
 def setup(app):
+  _literal_safe_summaries()
   app.connect("source-read", _source_read)
   app.connect("autodoc-process-docstring", _hoist_see_also, priority=100)
   return {"parallel_read_safe": True}
