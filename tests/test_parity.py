@@ -385,6 +385,22 @@ def test_verl_truncated_forward_kl_is_tail_bucket_minus_the_tail_term():
   assert float(losses.forward_kl(sharp, one)[0]) > 0
 
 
+def test_verl_clamp_stops_the_gradient_of_a_student_far_below_the_teacher():
+  """A top-k id where the student's probability is below 1e-8: verl's clamp of log q at
+  log 1e-8 leaves that logit almost no gradient; the KL's gradient there is q - p."""
+  t = jnp.array([[3.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+  s = jnp.array([[-25.0, 2.0, 1.0, 0.0, 0.0, 0.0]])       # q_0 ~ 1e-12, p_0 ~ 0.6
+  ids = jnp.array([[0, 1, 2]])
+  peer = lambda s: verl_topk_port(jnp.take_along_axis(_log_softmax(s), ids, -1),
+                                  jnp.take_along_axis(_log_softmax(t), ids, -1),
+                                  "forward_kl_topk").sum()
+  ours = lambda s: losses.forward_kl(s, t).sum()
+  g_peer, g_ours = jax.grad(peer)(s), jax.grad(ours)(s)
+  p, q = jax.nn.softmax(t), jax.nn.softmax(s)
+  _close(g_ours, q - p)
+  assert abs(float(g_peer[0, 0])) < 1e-10 and float(g_ours[0, 0]) < -0.5
+
+
 # ---------------------------------------------------------------------------
 # optax.kl_divergence(log_predictions, targets) = sum targets * (log targets - log_pred),
 # with log(0) replaced by 0 (optax/losses/_classification.py).
