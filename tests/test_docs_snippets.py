@@ -64,7 +64,17 @@ for where, code in blocks:
 """
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+# The README and the short reference pages run by default; the pages that train models
+# (quickstarts, guides) take tens of seconds each and run with the slow tests.
+FAST_PAGES = {"README.md", "conventions.md", "divergences.md", "parity.md", "index.md"}
+
+
+def _page_param(page):
+  marks = () if page.name in FAST_PAGES else (pytest.mark.slow,)
+  return pytest.param(page, id=page.relative_to(ROOT).as_posix(), marks=marks)
+
+
+@pytest.mark.parametrize("page", [_page_param(p) for p in PAGES])
 def test_page_snippets_run(page, tmp_path):
   blocks = python_blocks(page.read_text(encoding="utf-8"))
   if not blocks:
