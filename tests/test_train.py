@@ -275,3 +275,81 @@ def test_nnx_module_with_its_own_rngs_and_an_nnx_optimizer():
   optimizer.step[...] += 1
   with pytest.raises(ValueError, match="the nnx.Optimizer has taken 1 steps"):
     training.init_train_state(model, optimizer, loss)
+
+
+# ---------------------------------------------------------------------------
+# Non-finite values, float16 loss scaling, micro-batches vs the mesh.
+# ---------------------------------------------------------------------------
+
+
+def _trained_token(batch):
+  return tuple(np.argwhere(np.isin(np.asarray(batch["span_ids"]), (2, 3)))[0])
+
+
+def _guarded_step(loss, batch, apply_fn=tiny_lm.apply):
+  tx = optax.sgd(0.1)
+  state = training.init_train_state(tiny_lm.init(jax.random.key(1)), tx, loss)
+  new, metrics = jax.jit(training.make_train_step(loss, tx, apply_fn=apply_fn))(state, batch)
+  return state, new, metrics
+
+
+@pytest.mark.parametrize("case", ["sparse_forward_kl", "confidence_based", "difficulty_aware"])
+def test_nonfinite_teacher_or_student_on_a_trained_token_skips_and_counts(case):
+  batch = _batch()
+  where = _trained_token(batch)
+  apply_fn = tiny_lm.apply
+  if case == "sparse_forward_kl":  # NaN teacher prob: `a > 0` masks would drop it
+    sparse = losses.top_k_teacher(batch["teacher"], 8)
+    batch = dict(batch, teacher=sparse.replace(logprobs=sparse.logprobs.at[where + (1,)].set(
+        jnp.nan)))
+    loss = training.SADLoss()
+  elif case == "confidence_based":  # NaN teacher -> NaN teacher entropy -> NaN weight
+    batch = dict(batch, teacher=batch["teacher"].at[where + (3,)].set(jnp.nan))
+    loss = training.SADLoss({"weighting": "confidence_based"})
+  else:  # NaN student logit -> NaN disagreement -> NaN weight
+    apply_fn = lambda p, b: tiny_lm.apply(p, b).at[where + (5,)].set(jnp.nan)  # noqa: E731
+    loss = training.SADLoss({"weighting": "difficulty_aware"})
+  state, new, metrics = _guarded_step(loss, batch, apply_fn)
+  assert bool(metrics["skipped"]) and not np.isfinite(float(metrics["loss"]))
+  assert int(new.sad_state.skipped_steps) == 1 and int(new.sad_state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+
+
+def test_float16_dynamic_loss_scaling():
+  batch = _batch()
+  # The teacher 1e-5 away from the float16 student: unscaled gradients underflow to 0.
+  params = tiny_lm.init(jax.random.key(1))
+  student16 = tiny_lm.apply(jax.tree.map(lambda x: x.astype(jnp.float16), params), batch)
+  batch["teacher"] = student16.astype(jnp.float32) + 1e-5 * batch["teacher"]
+  loss = training.token_kd_loss()
+  tx = record_grads()
+
+  def run(**loss_scale):
+    cfg = {"compute_dtype": "float16", "loss_scale": dict({"period": 1}, **loss_scale)}
+    state = training.init_train_state(params, tx, loss, config=cfg)
+    return jax.jit(training.make_train_step(loss, tx, cfg, apply_fn=tiny_lm.apply))(state, batch)
+
+  scaled, metrics = run()
+  unscaled, _ = run(initial=1.0)
+  zeros = lambda s: float(np.mean(np.asarray(s.opt_state["lm_head"]["kernel"]) == 0))  # noqa: E731
+  assert zeros(unscaled) > 0.5 and zeros(scaled) < 0.05
+  assert not bool(metrics["skipped"]) and float(metrics["loss_scale"]) == 2.0 ** 15
+  assert float(scaled.loss_scale.scale) == 2.0 ** 16  # period 1: doubled after a good step
+  overflow, metrics = run(initial=2.0 ** 100)  # the scaled gradients overflow float16
+  assert bool(metrics["skipped"]) and float(overflow.loss_scale.scale) == 2.0 ** 99
+  assert int(overflow.sad_state.skipped_steps) == 1
+  with pytest.raises(ValueError, match="'float16' needs config.skip_nonfinite = True"):
+    training.make_train_step(loss, tx, {"compute_dtype": "float16", "skip_nonfinite": False})
+
+
+def test_micro_batches_that_do_not_split_over_the_mesh_name_accumulation_steps():
+  from sad_jax import parallel
+  mesh = parallel.make_mesh({"data": 8})
+  loss = training.SADLoss()
+  step = training.make_train_step(loss, record_grads(), {"accumulation_steps": 2},
+                                  apply_fn=tiny_lm.apply, mesh=mesh)
+  state = training.init_train_state(tiny_lm.init(jax.random.key(1)), record_grads(), loss)
+  with pytest.raises(ValueError, match=r"accumulation_steps = 2 splits the batch of 8 rows "
+                                       r"into micro-batches of 4 rows, which do not divide "
+                                       r"evenly over the 8 devices .*'data': 8"):
+    jax.eval_shape(step, state, _batch())

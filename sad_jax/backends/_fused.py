@@ -39,6 +39,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from sad_jax.backends import _base as base
 from sad_jax.backends import _dense as dense
@@ -194,6 +195,16 @@ def _vocab_block(d: int, vocab: int) -> int:
   return max(1, min(vocab, CHUNK_ELEMENTS // max(d, 1)))
 
 
+def _replicated_if_explicit(x) -> dict:
+  """``{"out_sharding": replicated}`` when ``x`` is sharded over explicit mesh axes."""
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or not any(
+      t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return {}
+  return {"out_sharding": jax.sharding.NamedSharding(mesh, P())}
+
+
 def _add_outer_product(acc: jax.Array, h: jax.Array, g: jax.Array, block: int) -> jax.Array:
   r"""``acc + h.T @ g`` for ``acc [d, V]``, in place, ``block`` columns at a time.
 
@@ -204,16 +215,19 @@ def _add_outer_product(acc: jax.Array, h: jax.Array, g: jax.Array, block: int) -
   in ``V`` and its columns already covered are zeroed in ``g``.
   """
   vocab = acc.shape[1]
+  # On a mesh with explicit axes a contraction over the (batch-sharded) tokens must say
+  # where its result goes: replicated, like the head it is the gradient of.
+  out = _replicated_if_explicit(h)
   if block >= vocab:
     return acc + jax.lax.dot_general(h, g, (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32)
+                                     preferred_element_type=jnp.float32, **out)
 
   def step(j, acc):
     start = jnp.minimum(j * block, vocab - block)
     g_j = jax.lax.dynamic_slice_in_dim(g, start, block, axis=1)
     g_j = jnp.where(start + jnp.arange(block) >= j * block, g_j, 0).astype(g.dtype)
     update = jax.lax.dot_general(h, g_j, (((0,), (0,)), ((), ())),  # h.T @ g_j
-                                 preferred_element_type=jnp.float32)
+                                 preferred_element_type=jnp.float32, **out)
     current = jax.lax.dynamic_slice_in_dim(acc, start, block, axis=1)
     return jax.lax.dynamic_update_slice_in_dim(acc, current + update, start, axis=1)
 

@@ -22,6 +22,7 @@ divergence is its ``SPARSE_DIVERGENCES`` membership.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax.numpy as jnp
@@ -71,6 +72,23 @@ def _terms_skew_reverse_kl(log_q, log_p, alpha=0.1):
   return divergences.kl_to_mixture_terms(log_q, log_p, alpha)
 
 
+def _terms_alpha_divergence(log_q, log_p, alpha=1.5):
+  # The dense form's per-entry terms: weighted by p (alpha >= 1/2) or by q, so that both
+  # limits (KL at alpha = 1 and 0) are cancellation-free.
+  alpha = float(alpha)
+  if not math.isfinite(alpha):
+    raise ValueError(f"alpha_divergence: alpha must be finite, got {alpha!r}")
+  if alpha >= 0.5:  # p_i^a q_i^(1-a) = p_i exp((a - 1)(log p_i - log q_i))
+    log_w, c, scale = log_p, alpha - 1.0, alpha
+  else:  # = q_i exp(a (log p_i - log q_i))
+    log_w, c, scale = log_q, alpha, alpha - 1.0
+  w = jnp.exp(log_w)
+  support = w > 0
+  diff = jnp.where(support, log_p - log_q, 0.0)
+  expm1_over = diff if c == 0 else jnp.expm1(c * diff) / c
+  return jnp.where(support, w * expm1_over, 0.0) / scale
+
+
 def _terms_total_variation(log_q, log_p):
   return 0.5 * jnp.abs(jnp.exp(log_p) - jnp.exp(log_q))
 
@@ -82,14 +100,15 @@ VOCAB_TERMS: dict[str, Callable] = {
     "generalized_jsd": _terms_generalized_jsd,
     "skew_kl": _terms_skew_kl,
     "skew_reverse_kl": _terms_skew_reverse_kl,
+    "alpha_divergence": _terms_alpha_divergence,
     "total_variation": _terms_total_variation,
 }
 """Per-entry terms ``f(log_q, log_p, **params) -> [..., V]`` whose vocabulary sum is the
 divergence: the vocab-parallel form."""
 
 _NO_VOCAB_FORM = {
-    "alpha_divergence": "no vocab-parallel form (not wired as per-entry terms)",
-    "alpha_beta_divergence": "no vocab-parallel form (not wired as per-entry terms)",
+    "alpha_beta_divergence": ("no per-entry (vocabulary-sum) form is registered for its "
+                              "limit cases; use the dense or fused backend"),
     "wasserstein": "sorts each distribution over the whole vocabulary",
     "adaptive_kl": "splits the vocabulary by the teacher's sorted cumulative mass",
     "focal_kl": "needs the teacher's argmax entry of the student (a cross-shard gather)",
@@ -177,20 +196,33 @@ def check(config, backend: str, teacher_kind: str | None = None) -> None:
 
 
 def capability_table() -> str:
-  """The capability table as Markdown: rows are divergences and objective features,
-  columns backend x teacher kind; a cell is ``yes`` or ``no: <reason>``."""
+  """The capability table as Markdown.
+
+  Rows are the divergences and the objective features, columns backend x teacher kind;
+  a cell is ``yes`` or ``no (n)`` with reason ``n`` listed under the table. The docs
+  print it (``docs/architecture.md``); regenerate with
+  ``python -c "from sad_jax import losses; print(losses.capability_table())"``.
+  """
   cols = [(b, k) for b in BACKENDS for k in TEACHER_KINDS]
-  header = "| | " + " | ".join(f"{b}, {k} teacher" for b, k in cols) + " |"
-  lines = [header, "|" + "---|" * (len(cols) + 1)]
+  reasons: list[str] = []
+
+  def cell(reason):
+    if reason is None:
+      return "yes"
+    if reason not in reasons:
+      reasons.append(reason)
+    return f"no ({reasons.index(reason) + 1})"
+
+  lines = ["| | " + " | ".join(f"{b}, {k} teacher" for b, k in cols) + " |",
+           "|" + "---|" * (len(cols) + 1)]
   for name in divergences.DIVERGENCES:
-    cells = []
-    for b, k in cols:
-      reason = divergence_reason(name, b, k)
-      cells.append("yes" if reason is None else f"no: {reason}")
+    cells = [cell(divergence_reason(name, b, k)) for b, k in cols]
     lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-  for feature, reasons in FEATURES.items():
-    cells = ["yes" if b not in reasons else f"no: {reasons[b]}" for b, _ in cols]
+  for feature, refused in FEATURES.items():
+    cells = [cell(refused.get(b)) for b, _ in cols]
     lines.append(f"| {feature} | " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.extend(f"{i}. {reason}" for i, reason in enumerate(reasons, 1))
   return "\n".join(lines) + "\n"
 
 

@@ -168,7 +168,7 @@ class SADLoss:
     return state_lib.init_state(self.config)
 
   def normalizer(self, batch) -> jax.Array:
-    return objective.loss_normalizer(batch_field(batch, "span_ids"), self.config)
+    return objective.batch_normalizer(batch_field(batch, "span_ids"), self.config)
 
   def __call__(self, student: ModelOutput, teacher, batch, state, *, normalizer=None,
                micro_batches: int = 1):

@@ -142,7 +142,12 @@ def loss_normalizer(span_ids: chex.Array, config) -> jax.Array:
     ``[NUM_SPAN_TYPES]`` trained tokens per type; ``sequence``: ``[]`` rows with a
     trained token.
   """
-  config = config_lib.resolve(config)
+  return batch_normalizer(span_ids, config_lib.resolve(config))
+
+
+def batch_normalizer(span_ids: chex.Array, config) -> jax.Array:
+  """:func:`loss_normalizer` for an already validated config (no config work, for traced
+  code such as :meth:`sad_jax.objective.SADLoss.normalizer`)."""
   trained = weighting.uniform(span_ids, config.span_weights) > 0
   counts = spans.span_counts(span_ids, where=trained)
   if config.normalization == "tokens":

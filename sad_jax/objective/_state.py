@@ -210,7 +210,8 @@ def update_state(state: SADState, metrics: Metrics, config) -> SADState:
     The next state.
   """
   def pair(name, fallback="loss"):
-    return tuple(jnp.asarray(x, jnp.float32) for x in metrics.get(name, metrics[fallback]))
+    return tuple(jnp.asarray(x, jnp.float32)
+                 for x in (metrics[name] if name in metrics else metrics[fallback]))
 
   div_sums, div_counts = pair("divergence")
   kl_sums, kl_counts = pair("kl_t1")

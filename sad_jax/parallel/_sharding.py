@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 

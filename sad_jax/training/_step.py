@@ -75,11 +75,10 @@ import optax
 from sad_jax.objective import _config as config_lib
 from sad_jax.objective import _loss as loss_lib
 from sad_jax.objective import _sad as objective
-from sad_jax.objective import _state as state_lib
+from sad_jax.parallel._sharding import BATCH_AXES, REPLICATE_ALL
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
-BATCH_AXES = ("data", "fsdp")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -119,7 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.skip_nonfinite = True
   c.vocab_parallel = False
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-  c.partition_rules = ((".*", ()),)
+  c.partition_rules = tuple(REPLICATE_ALL)
   c.checkpoint = ml_collections.ConfigDict(dict(
       directory="", every_steps=100, keep=3, async_save=True))
   c.seed = 0
@@ -447,6 +446,8 @@ def make_train_step(loss, optimizer, config=None, *, apply_fn: Callable | None =
   else:
     config = resolve_config(config)
   tx, wrt = _unwrap_optimizer(optimizer)
+  if mesh is None:  # a vocab-parallel loss knows its mesh
+    mesh = getattr(getattr(loss, "backend", None), "mesh", None)
   m = config.accumulation_steps
   compute_dtype = jnp.dtype(config.compute_dtype)
   keep32 = tuple(config.float32_params)
