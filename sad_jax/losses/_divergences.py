@@ -468,6 +468,17 @@ def forward_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
 
   Returns:
     ``[...]`` float32 per-token divergence.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from sad_jax import losses
+    >>> teacher = jnp.log(jnp.array([[0.75, 0.25], [0.5, 0.5]]))   # [T=2, V=2]
+    >>> student = jnp.zeros((2, 2))                                 # uniform
+    >>> [f"{v:.4f}" for v in losses.forward_kl(student, teacher).tolist()]
+    ['0.1308', '0.0000']
+    >>> [f"{v:.4f}" for v in losses.forward_kl(
+    ...     student, teacher, where=jnp.array([False, True])).tolist()]
+    ['0.0000', '0.0000']
   """
   if not _is_sparse(teacher_logits):
     return _fast_dense(_forward_kl_kernel, student_logits, teacher_logits, temperature,
@@ -515,10 +526,26 @@ def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
       degenerate (the divergence vanishes); use :func:`forward_kl` or
       :func:`reverse_kl` for the KL limits.
     Other args and returns as :func:`forward_kl`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from sad_jax import losses
+    >>> teacher = jnp.log(jnp.array([[0.75, 0.25]]))
+    >>> student = jnp.zeros((1, 2))
+    >>> f"{float(losses.generalized_jsd(student, teacher, beta=0.5)[0]):.4f}"
+    '0.0338'
+
+    Near the endpoints it is a scaled KL: beta -> 0 forward, beta -> 1 reverse.
+
+    >>> f"{float(losses.generalized_jsd(student, teacher, beta=1e-3)[0]) / 1e-3:.3f}"
+    '0.131'
+    >>> f"{float(losses.forward_kl(student, teacher)[0]):.3f}"
+    '0.131'
   """
   beta = _check_static(
       "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
-      hint="; for the endpoints use sad_jax.losses._divergences.forward_kl or reverse_kl")
+      hint=("; beta -> 0 is forward KL(teacher || student): use sad_jax.losses.forward_kl; "
+            "beta -> 1 is reverse KL(student || teacher): use sad_jax.losses.reverse_kl"))
   if not _is_sparse(teacher_logits):
     return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
                        where)
