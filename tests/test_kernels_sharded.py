@@ -44,11 +44,11 @@ def _loss(name):
   return lambda s, t, where: jnp.sum(fn(s, t, where=where))
 
 
-def _compile(name, mesh, block_elements, monkeypatch):
+def _compile(name, mesh, block_elements, monkeypatch, argnums=(0, 1)):
   """The sharded ``jit(value_and_grad)`` compiled with ``BLOCK_ELEMENTS = block_elements``."""
   monkeypatch.setattr(D, "BLOCK_ELEMENTS", block_elements)
   logits = NamedSharding(mesh, P(sharding.BATCH_AXES))
-  step = jax.jit(jax.value_and_grad(_loss(name), argnums=(0, 1)),
+  step = jax.jit(jax.value_and_grad(_loss(name), argnums=argnums),
                  in_shardings=(logits, logits, logits))
   args = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=logits) for x in _inputs()]
   return step.lower(*args).compile()
@@ -59,12 +59,15 @@ def _collectives(hlo: str) -> list[str]:
           if any(op in line for op in ("all-gather", "all-to-all", "collective-permute"))]
 
 
+# The student's gradient alone (the backward is one elementwise pass), or the
+# teacher's too (the backward runs in blocks).
+@pytest.mark.parametrize("argnums", [(0,), (0, 1)], ids=["student", "student_teacher"])
 @pytest.mark.parametrize("name", list(FAST))
-def test_blocks_stay_inside_shards(name, mesh, monkeypatch):
-  blocked = _compile(name, mesh, BLOCK, monkeypatch)
+def test_blocks_stay_inside_shards(name, argnums, mesh, monkeypatch):
+  blocked = _compile(name, mesh, BLOCK, monkeypatch, argnums)
   assert " while(" in blocked.as_text()  # blocking is active
   assert _collectives(blocked.as_text()) == []
-  unblocked = _compile(name, mesh, 1 << 30, monkeypatch)
+  unblocked = _compile(name, mesh, 1 << 30, monkeypatch, argnums)
   assert " while(" not in unblocked.as_text()
   temp = blocked.memory_analysis().temp_size_in_bytes
   ref = unblocked.memory_analysis().temp_size_in_bytes

@@ -29,10 +29,15 @@ Conventions (see ``DESIGN.md``):
 * Gradients are meant for the student; the teacher's gradient is finite but not
   part of the contract (wrap teacher logits in ``jax.lax.stop_gradient``).
 * ``forward_kl``, ``reverse_kl``, ``generalized_jsd`` and ``total_variation`` run a
-  fused ``custom_vjp`` path for dense teachers (see :func:`_fast_dense`): the forward
-  pass saves only per-token log-normalizers and values, and the backward pass forms
-  the student gradient, the *true* teacher gradient and the temperature gradient in
-  one pass over the logits (unused ones are removed under ``jit``).
+  fused ``custom_vjp`` path for dense teachers (see :func:`_fused_kernel`): rows are
+  processed in blocks of about ``BLOCK_ELEMENTS`` logits taken inside each shard of a
+  batch-sharded leading axis (no gathers under data parallelism); the mask and the
+  dtype cast are applied per block, inside the kernel; the forward pass saves only
+  per-token log-normalizers and values, and the backward pass forms the needed
+  gradients (student, true teacher, temperature) in one pass over the logits.
+* A NaN or ``+inf`` logit (or sparse teacher log-probability) on a token inside
+  ``where`` makes that token's value NaN, for every divergence, so a non-finite
+  guard downstream sees it; ``-inf`` stays an impossible token.
 * The f-divergences (``SPARSE_DIVERGENCES``) also accept a
   :class:`sad_jax.losses._sparse.SparseTeacher` in place of dense teacher logits; its tail
   policy maps both sides to a small support first. The others raise a ValueError.
@@ -42,6 +47,7 @@ temperature may be a traced scalar (e.g. from ``SADState``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -241,12 +247,13 @@ def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
 # ``where [a, m, 1]`` (or None) and the temperature, and returns the per-token value
 # ``[a, m]`` (NaN on rows with a NaN or +inf logit, 0 outside ``where``). The rows
 # are processed in blocks ``[a, rb, V]`` taken along axis 1 (:func:`_map_row_blocks`),
-# so a batch sharded along ``a`` is blocked inside each shard. Per block, the dtype
-# cast and the mask are elementwise selects fused into the block's reductions (no
-# pass over ``[..., V]`` of their own); the forward pass saves per-token statistics
-# only (log normalizers, value, partial sums), and the backward pass recomputes the
-# probabilities and writes the gradients and the temperature's per-row terms in one
-# elementwise pass over each block.
+# so a batch sharded along ``a`` is blocked inside each shard. Every operation is
+# row-local, so the mask is a per-row select of the outputs (values, gradients):
+# masked rows may hold NaN, their math is discarded, and no pass over ``[..., V]``
+# selects the inputs. The dtype cast is fused into each block's reductions. The
+# forward pass saves per-token statistics only (log normalizers, value, partial
+# sums), and the backward pass recomputes the probabilities and writes the needed
+# gradients (and the temperature's per-row terms) in one elementwise pass.
 # ---------------------------------------------------------------------------
 
 BLOCK_ELEMENTS = 1 << 19
@@ -345,12 +352,20 @@ def _temperature_cotangent(ct, temperature):
   return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Perturbed:
+  """Which of the teacher logits and the temperature need a gradient (static residual)."""
+  teacher: bool
+  temperature: bool
+
+
 def _fused_kernel(rows_fwd, rows_bwd):
   r"""Builds the blocked custom-VJP kernel of one divergence from its row math.
 
   Args:
     rows_fwd: ``(s, t, inv_t) -> (value, (ma, log_za), (mb, log_zb), extra)`` on
-      ``[a, rb, V]`` compute-dtype logits (masked rows zeroed): the per-row value,
+      ``[a, rb, V]`` compute-dtype logits: the per-row value,
       the log normalizers of ``s / T`` and ``t / T`` (``ma``, ``mb`` the scaled row
       maxima) and the per-row statistics ``extra`` the backward needs, all
       ``[a, rb, 1]``.
@@ -361,13 +376,16 @@ def _fused_kernel(rows_fwd, rows_bwd):
   Returns:
     ``kernel(s, t, where, temperature) -> value [a, m]`` with the gradients of
     ``s``, ``t`` (input dtypes) and of the temperature
-    :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`.
+    :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`. Only the
+    gradients that are needed are formed (``custom_vjp`` with symbolic zeros): for
+    the student's alone (teacher under ``stop_gradient``, fixed temperature) the
+    backward pass is one elementwise pass over the logits; otherwise it runs in
+    row blocks like the forward pass.
   """
 
   def block_fwd(s, t, where, inv_t):
-    dtype = inv_t.dtype
-    s, t = _zero_masked(s, where, dtype), _zero_masked(t, where, dtype)
-    value, norm_a, norm_b, extra = rows_fwd(s, t, inv_t)
+    value, norm_a, norm_b, extra = rows_fwd(s.astype(inv_t.dtype), t.astype(inv_t.dtype),
+                                            inv_t)
     # The scaled maxima are NaN / +inf exactly when the row holds a NaN / +inf.
     value = jnp.where((norm_a[0] < jnp.inf) & (norm_b[0] < jnp.inf), value, jnp.nan)
     value = value if where is None else jnp.where(where, value, 0.0)
@@ -375,7 +393,7 @@ def _fused_kernel(rows_fwd, rows_bwd):
 
   def block_bwd(s, t, where, stats, g, inv_t):
     dtypes = s.dtype, t.dtype
-    s, t = _zero_masked(s, where, inv_t.dtype), _zero_masked(t, where, inv_t.dtype)
+    s, t = s.astype(inv_t.dtype), t.astype(inv_t.dtype)
     gs, gt = rows_bwd(s, t, *stats, g * inv_t, inv_t)
     if where is not None:
       gs, gt = jnp.where(where, gs, 0.0), jnp.where(where, gt, 0.0)
@@ -394,17 +412,28 @@ def _fused_kernel(rows_fwd, rows_bwd):
     return forward(s, t, where, temperature)[0]
 
   def fwd(s, t, where, temperature):
+    perturbed = _Perturbed(teacher=t.perturbed, temperature=temperature.perturbed)
+    s, t, temperature = s.value, t.value, temperature.value
+    where = None if where is None else where.value
     value, stats = forward(s, t, where, temperature)
-    return value, (s, t, where, temperature, stats)
+    return value, (s, t, where, temperature, stats, perturbed)
 
   def bwd(res, g):
-    s, t, where, temperature, stats = res
+    s, t, where, temperature, stats, perturbed = res
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+      return None, None, None, None
     inv_t = 1.0 / temperature
-    gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t),
-                                 (s, t, where, stats, g[..., None]))
-    return gs, gt, None, _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
+    args = (s, t, where, stats, g[..., None])
+    if not (perturbed.teacher or perturbed.temperature):
+      # The student gradient alone is elementwise given the saved statistics: one
+      # fused pass over [a, m, V] with no block-sized intermediates to bound.
+      return block_bwd(*args, inv_t)[0], None, None, None
+    gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t), args)
+    ct = _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
+    return (gs, gt if perturbed.teacher else None, None,
+            ct if perturbed.temperature else None)
 
-  kernel.defvjp(fwd, bwd)
+  kernel.defvjp(fwd, bwd, symbolic_zeros=True)
   return kernel
 
 
