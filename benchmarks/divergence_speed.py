@@ -111,6 +111,7 @@ def _module_at(rev):
   path.write_text(source)
   spec = importlib.util.spec_from_file_location(f"divergences_{rev}", path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up there
   spec.loader.exec_module(module)
   return module
 

@@ -326,16 +326,19 @@ def _map_row_blocks(fn, args):
   return jax.lax.scan(body, init, jnp.arange(count))[0]
 
 
-def _log_normalizer(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  r"""Returns ``(x - max, sum exp(x - max), max, log sum exp(x - max))`` (keepdims).
+def _softmax_parts(x: jax.Array, inv_t) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  r"""``(x / T - max, exp(x / T - max), its row sum z, max)``, the last two keepdims.
 
-  The log-softmax is ``(x - max) - log_z``: the maximum and :math:`\log Z` are kept
-  apart, since ``max + log_z`` rounds at large logits (an ulp of 1e4 is 1e-3).
+  The maximum is taken on the raw logits (``max(x) * c == max(x * c)`` exactly for
+  ``c = 1 / T > 0``: rounding is monotone), so no scaled copy of a block is needed
+  for it; the backward recomputes ``x * (1 / T)`` the same way. The log-softmax is
+  ``(x / T - max) - log z``: the maximum and :math:`\log z` are kept apart, since
+  ``max + log z`` rounds at large logits (an ulp of 1e4 is 1e-3).
   """
-  m = jnp.max(x, axis=-1, keepdims=True)
-  shifted = x - m
-  z = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
-  return shifted, z, m, jnp.log(z)
+  m = jnp.max(x, axis=-1, keepdims=True) * inv_t
+  shifted = x * inv_t - m
+  e = jnp.exp(shifted)
+  return shifted, e, jnp.sum(e, axis=-1, keepdims=True), m
 
 
 def _log_softmax(x, inv_t, norm):
@@ -446,16 +449,8 @@ def _kl_rows(reverse: bool):
   """
 
   def fwd(s, t, inv_t):
-    # The maxima are taken on the raw logits (max(x) * c == max(x * c) exactly for
-    # c = 1 / T > 0: rounding is monotone), so no scaled copy of a block is written
-    # out; the exponential of the weighting side serves its normalizer and the
-    # cross term. The backward recomputes x * (1 / T) the same way.
-    ma = jnp.max(s, axis=-1, keepdims=True) * inv_t
-    mb = jnp.max(t, axis=-1, keepdims=True) * inv_t
-    sa, sb = s * inv_t - ma, t * inv_t - mb
-    ea, eb = jnp.exp(sa), jnp.exp(sb)
-    za = jnp.sum(ea, axis=-1, keepdims=True)
-    zb = jnp.sum(eb, axis=-1, keepdims=True)
+    # The exponential of the weighting side serves its normalizer and the cross term.
+    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
     if reverse:  # weights q, difference log q - log p.
       e, diff, z_w, z_o = ea, sa - sb, za, zb
     else:
@@ -479,14 +474,16 @@ _forward_kl_kernel = _fused_kernel(*_kl_rows(False))
 _reverse_kl_kernel = _fused_kernel(*_kl_rows(True))
 
 
-def _mixture_terms(log_q, log_p, beta):
-  """Per-entry :math:`\\log m` and both KL-to-mixture terms, ``0 log 0 = 0``."""
-  q, p = jnp.exp(log_q), jnp.exp(log_p)
+def _mixture_terms(q, log_q, p, log_p, beta):
+  """Per-entry :math:`\log m` and both KL-to-mixture terms, ``0 log 0 = 0``.
+
+  :math:`m = \beta p + (1 - \beta) q` is positive wherever ``p`` or ``q`` is.
+  """
   m = beta * p + (1.0 - beta) * q
   log_m = jnp.log(jnp.where(m > 0, m, 1.0))
-  term_p = jnp.where((p > 0) & (m > 0), p * (log_p - log_m), 0.0)
-  term_q = jnp.where((q > 0) & (m > 0), q * (log_q - log_m), 0.0)
-  return q, p, log_m, term_p, term_q
+  term_p = jnp.where(p > 0, p * (log_p - log_m), 0.0)
+  term_q = jnp.where(q > 0, q * (log_q - log_m), 0.0)
+  return log_m, term_p, term_q
 
 
 @functools.lru_cache(maxsize=None)
@@ -496,9 +493,11 @@ def _jsd_kernel(beta: float):
   """
 
   def fwd(s, t, inv_t):
-    (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(s * inv_t), _log_normalizer(
-        t * inv_t)
-    _, _, _, term_p, term_q = _mixture_terms(sa - log_za, sb - log_zb, beta)
+    # The normalizers' exponentials serve the probabilities too (no second exp).
+    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+    log_za, log_zb = jnp.log(za), jnp.log(zb)
+    _, term_p, term_q = _mixture_terms(ea * (1.0 / za), sa - log_za, eb * (1.0 / zb),
+                                       sb - log_zb, beta)
     kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
     kl_qm = jnp.sum(term_q, axis=-1, keepdims=True)
     value = beta * kl_pm + (1.0 - beta) * kl_qm
@@ -507,7 +506,8 @@ def _jsd_kernel(beta: float):
   def bwd(s, t, norm_a, norm_b, extra, g, inv_t):
     kl_pm, kl_qm = extra
     log_q, log_p = _log_softmax(s, inv_t, norm_a), _log_softmax(t, inv_t, norm_b)
-    q, p, log_m, _, _ = _mixture_terms(log_q, log_p, beta)
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    log_m, _, _ = _mixture_terms(q, log_q, p, log_p, beta)
     return (g * (1.0 - beta) * jnp.where(q > 0, q * (log_q - log_m - kl_qm), 0.0),
             g * beta * jnp.where(p > 0, p * (log_p - log_m - kl_pm), 0.0))
 
@@ -518,9 +518,9 @@ def _tv_fwd_rows(s, t, inv_t):
   r""":math:`TV`; with :math:`u = \tfrac12 \mathrm{sign}(q - p)`,
   :math:`\partial/\partial a = q \odot (u - \sum q u)`, and the mirror for the teacher.
   """
-  (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(s * inv_t), _log_normalizer(
-      t * inv_t)
-  q, p = jnp.exp(sa - log_za), jnp.exp(sb - log_zb)
+  (_, ea, za, ma), (_, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+  q, p = ea * (1.0 / za), eb * (1.0 / zb)
+  log_za, log_zb = jnp.log(za), jnp.log(zb)
   sign = jnp.sign(q - p)
   value = 0.5 * jnp.sum(jnp.abs(q - p), axis=-1, keepdims=True)
   q_sign = jnp.sum(q * sign, axis=-1, keepdims=True)
