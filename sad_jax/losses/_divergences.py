@@ -475,7 +475,7 @@ _reverse_kl_kernel = _fused_kernel(*_kl_rows(True))
 
 
 def _mixture_terms(q, log_q, p, log_p, beta):
-  """Per-entry :math:`\log m` and both KL-to-mixture terms, ``0 log 0 = 0``.
+  r"""Per-entry :math:`\log m` and both KL-to-mixture terms, ``0 log 0 = 0``.
 
   :math:`m = \beta p + (1 - \beta) q` is positive wherever ``p`` or ``q`` is.
   """
