@@ -13,7 +13,8 @@ variant alike), the loss and its gradient with respect to the student logits:
   ``forward_kl``: ``optax.kl_divergence(log_softmax(s/T), softmax(t/T))``);
 * ``a+b``: one elementwise pass over the two logits arrays, the memory-bound floor;
 * with ``--sad-loss``: the full :func:`sad_jax.objective.sad_loss` of a preset of
-  ``configs/sad.py`` (``--preset``, default ``paper``) on the same span ids.
+  ``configs/sad.py`` (``--preset``, default ``paper``) on the same span ids, its
+  metrics and next state returned with the loss (as a train step uses them).
 
 Printed per row: each variant's median time over ``--repeats`` rounds (each the
 mean of ``--inner`` calls) with its spread ``(max - min) / median``, and the
@@ -116,12 +117,12 @@ def _module_at(rev):
   return module
 
 
-def _compile(loss, args, block_elements=None):
+def _compile(loss, args, block_elements=None, has_aux=False):
   """``jit(value_and_grad(loss))`` compiled for ``args`` (with ``2**block_elements`` blocks)."""
   default = D.BLOCK_ELEMENTS
   D.BLOCK_ELEMENTS = default if block_elements is None else 1 << block_elements
   try:
-    return jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
+    return jax.jit(jax.value_and_grad(loss, has_aux=has_aux)).lower(*args).compile()
   finally:
     D.BLOCK_ELEMENTS = default
 
@@ -159,8 +160,10 @@ def _variants(name, trained, args, module, blocks, sad_config):
   if sad_config is not None:
     span_ids = jnp.asarray(agent_span_ids(*args[0].shape[:2]))
     state = state_lib.init_state(sad_config)
+    # Metrics and the next state are outputs too, as in a train step.
     fns["sad_loss"] = _compile(
-        lambda s, t: objective.sad_loss(s, t, span_ids, state, sad_config)[0], args)
+        lambda s, t: objective.sad_loss(s, t, span_ids, state, sad_config), args,
+        has_aux=True)
   return fns
 
 
