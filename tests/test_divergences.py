@@ -359,6 +359,77 @@ def test_low_precision_inputs(name, dtype):
 
 
 # ---------------------------------------------------------------------------
+# Non-finite inputs on trained tokens: NaN out, never a silent 0.
+# ---------------------------------------------------------------------------
+
+
+def _poisoned(dtype):
+  """``(s, t, where, ok)`` of shape ``[7, 9]``, one case per token.
+
+  Tokens 0-3 are trained and hold a NaN / +inf student or teacher logit; token 4
+  has +-1e4 logits and -inf (impossible) entries on both sides, token 5 is plain,
+  token 6 is masked and all NaN / -inf. ``ok`` marks the tokens with a finite value.
+  """
+  s, t = _logits(30, (7, 9)), _logits(31, (7, 9))
+  s[0, 3] = np.nan
+  t[1, 2] = np.nan
+  s[2, 1] = np.inf
+  t[3, 4] = np.inf
+  s[4] = t[4] = np.random.default_rng(32).choice([-1e4, 0.0, 1e4], size=9)
+  s[4, 0] = 5e3  # the two sides differ, the -inf entries are shared
+  s[4, 7:] = t[4, 7:] = -np.inf
+  s[6], t[6] = np.nan, -np.inf
+  where = np.array([True] * 6 + [False])
+  ok = np.array([False] * 4 + [True, True, True])
+  return jnp.asarray(s, dtype), jnp.asarray(t, dtype), where, ok
+
+
+class NonFiniteTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=tuple(NAMES), dtype=(jnp.float32, jnp.bfloat16, jnp.float16))
+  def test_non_finite_trained_token_gives_nan(self, name, dtype):
+    s, t, where, ok = _poisoned(dtype)
+    kw = REFERENCES[name][0]
+
+    @self.variant
+    def run(s, t):
+      fn = lambda s, t: D.get_divergence(name)(s, t, where=where, **kw)  # noqa: E731
+      return fn(s, t), jax.grad(lambda s: jnp.sum(fn(s, t)[ok]))(s)
+
+    value, gs = run(s, t)
+    value, gs = np.asarray(value), np.asarray(gs, np.float32)
+    assert np.all(np.isnan(value[~ok])), (name, value)
+    assert value[6] == 0.0 and np.all(gs[6] == 0.0), name
+    if name != "alpha_divergence":  # it overflows at +-1e4 by definition (see above)
+      assert np.all(np.isfinite(value[ok])) and np.all(np.isfinite(gs[ok])), (name, value)
+    alone = D.get_divergence(name)(s[5:6], t[5:6], **kw)  # poisoned rows leave others alone
+    np.testing.assert_allclose(value[5], alone[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "generalized_jsd", "skew_kl", "focal_kl"])
+def test_nan_teacher_in_every_position(name):
+  """A NaN anywhere in a teacher row, even where the student has no mass, gives NaN."""
+  s, t = _logits(33, (9, 9)), _logits(34, (9, 9))
+  s[:, 0] = -np.inf
+  t[np.arange(9), np.arange(9)] = np.nan
+  assert np.all(np.isnan(D.get_divergence(name)(s, t, **REFERENCES[name][0])))
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_check_grads_with_masked_nan_tokens(name):
+  """float64 gradients agree with finite differences when masked tokens hold NaN."""
+  kwargs = REFERENCES[name][0]
+  with jax.enable_x64(True):
+    s = jnp.asarray(_logits(35, (3, 6)), jnp.float64)
+    t = jnp.asarray(_logits(36, (3, 6)), jnp.float64).at[1].set(jnp.nan)
+    where = np.array([True, False, True])
+    fn = lambda s: D.get_divergence(name)(s, t, temperature=0.7, where=where,  # noqa: E731
+                                          **kwargs).sum()
+    jtu.check_grads(fn, (s.at[1].set(3.0),), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
 # Errors.
 # ---------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def _inputs(shape=SHAPE, seed=0):
 
 @pytest.fixture(params=[False, True], ids=["one_block", "row_blocks"])
 def blocked(request, monkeypatch):
-  if request.param:  # 42 rows of 40: blocks of 3 rows through lax.map.
+  if request.param:  # 42 rows of 40 (as row groups [a, 42 / a]): blocks of 3 rows.
     monkeypatch.setattr(D, "BLOCK_ELEMENTS", 128)
   return request.param
 
@@ -104,12 +104,37 @@ def test_masked_nan_rows_blocked(blocked):
     np.testing.assert_allclose(values[where], clean[where], rtol=1e-6, err_msg=name)
 
 
-def test_row_block_divides_rows(monkeypatch):
+def test_row_block_balances_any_row_count(monkeypatch):
   monkeypatch.setattr(D, "BLOCK_ELEMENTS", 1 << 18)
-  assert D._row_block(42, 40) == 42
+  assert D._row_block(42, 40) == 42  # one block
   assert D._row_block(2048, 32000) == 8
   assert D._row_block(1024, 151936) == 1
-  assert D._row_block(2047, 32000) == 1  # prime: one row per block.
+  assert D._row_block(2047, 32000) == 8  # prime: 256 blocks of 8, the last shifted back
+  assert D._row_block(4099, 64) == 2050  # prime: two blocks, not 4099 of one row
+
+
+def test_row_groups_follow_the_leading_axis():
+  devices = jax.device_count()
+  assert D._row_groups((32, 64, 256)) == np.gcd(32, devices)
+  assert D._row_groups((6, 7, 40)) == np.gcd(6, devices)
+  assert D._row_groups((5, 40)) == np.gcd(5, devices)
+  assert D._row_groups((40,)) == 1
+
+
+def test_prime_row_count_blocked_matches_autodiff(monkeypatch):
+  """43 rows in blocks of 3: the last block overlaps its predecessor by 2 rows."""
+  monkeypatch.setattr(D, "BLOCK_ELEMENTS", 128)
+  s, t = _inputs((43, 40), seed=4)
+  weights = np.random.default_rng(5).uniform(size=43)
+  got = _value_and_grads(lambda n, s, t, temp: _fast(n)(s, t, temperature=temp),
+                         weights)(s, t, jnp.float32(0.8))
+  with jax.enable_x64(True):
+    want = jax.device_get(_value_and_grads(_plain, weights)(
+        jnp.asarray(s, jnp.float64), jnp.asarray(t, jnp.float64), jnp.float64(0.8)))
+  for name in FAST:
+    np.testing.assert_allclose(got[name][0], want[name][0], rtol=2e-5, err_msg=name)
+    for g, r in zip(got[name][1], want[name][1]):
+      np.testing.assert_allclose(g, r, rtol=2e-4, atol=2e-6, err_msg=name)
 
 
 def test_vmap_and_bf16():

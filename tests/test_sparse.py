@@ -152,6 +152,41 @@ def test_finite_gradients_when_top_k_mass_is_one_minus_1e9(tail, names):
         assert np.all(np.isfinite(gs)) and np.all(np.isfinite(gl)), (name, temperature)
 
 
+@pytest.mark.parametrize("names", NAME_SETS)
+@pytest.mark.parametrize("tail", POLICIES)
+def test_non_finite_trained_token_gives_nan(tail, names):
+  """NaN / +inf teacher log-probabilities or student logits on trained tokens give NaN.
+
+  Token 4 stores an impossible token (log-probability -inf): not NaN (finite, or
+  +inf where the divergence is by definition); masked token 5 is garbage and gives 0.
+  """
+  s, t = _logits(40, (6, 11)), _logits(41, (6, 11))
+  teacher = S.top_k_teacher(t, 4, tail=tail)
+  lp, idx = np.array(teacher.logprobs), np.array(teacher.indices)
+  lp[0, 1] = np.nan
+  lp[1, 0] = np.inf
+  s[2, idx[2, 0]] = np.nan  # a stored token
+  s[3, np.setdiff1d(np.arange(11), idx[3])[0]] = np.inf  # a tail token
+  lp[4, 3] = -np.inf
+  s[5], lp[5], idx[5] = np.nan, np.nan, -1
+  where = np.array([True] * 5 + [False])
+  bad = teacher.replace(logprobs=lp, indices=idx)
+
+  @_jit
+  def run(s, bad):
+    out = {}
+    for name in names:
+      fn = functools.partial(D.get_divergence(name), where=where, **KW.get(name, {}))
+      out[name] = fn(s, bad), jax.grad(lambda s: fn(s, bad)[4:].sum())(s)
+    return out
+
+  for name, (value, gs) in run(s, bad).items():
+    value, gs = np.asarray(value), np.asarray(gs)
+    assert np.all(np.isnan(value[:4])), (name, value)
+    assert not np.isnan(value[4]), (name, value)
+    assert value[5] == 0.0 and np.all(gs[5] == 0.0), name
+
+
 def test_tail_bucket_mass_above_one_is_renormalized():
   ell = np.log(np.array([[0.6, 0.41]], np.float32))  # bf16-style rounding: sums to 1.01
   teacher = S.SparseTeacher(indices=np.array([[0, 1]]), logprobs=ell)

@@ -29,10 +29,15 @@ Conventions (see ``DESIGN.md``):
 * Gradients are meant for the student; the teacher's gradient is finite but not
   part of the contract (wrap teacher logits in ``jax.lax.stop_gradient``).
 * ``forward_kl``, ``reverse_kl``, ``generalized_jsd`` and ``total_variation`` run a
-  fused ``custom_vjp`` path for dense teachers (see :func:`_fast_dense`): the forward
-  pass saves only per-token log-normalizers and values, and the backward pass forms
-  the student gradient, the *true* teacher gradient and the temperature gradient in
-  one pass over the logits (unused ones are removed under ``jit``).
+  fused ``custom_vjp`` path for dense teachers (see :func:`_fused_kernel`): rows are
+  processed in blocks of about ``BLOCK_ELEMENTS`` logits taken inside each shard of a
+  batch-sharded leading axis (no gathers under data parallelism); the mask and the
+  dtype cast are applied per block, inside the kernel; the forward pass saves only
+  per-token log-normalizers and values, and the backward pass forms the needed
+  gradients (student, true teacher, temperature) in one pass over the logits.
+* A NaN or ``+inf`` logit (or sparse teacher log-probability) on a token inside
+  ``where`` makes that token's value NaN, for every divergence, so a non-finite
+  guard downstream sees it; ``-inf`` stays an impossible token.
 * The f-divergences (``SPARSE_DIVERGENCES``) also accept a
   :class:`sad_jax.losses._sparse.SparseTeacher` in place of dense teacher logits; its tail
   policy maps both sides to a small support first. The others raise a ValueError.
@@ -42,10 +47,11 @@ temperature may be a traced scalar (e.g. from ``SADState``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import chex
 import jax
@@ -87,17 +93,46 @@ def _check_static(name: str, value, fn: str, lo: float, hi: float, *,
   return value
 
 
-def _as_float(name: str, x) -> jax.Array:
+def _check_float(name: str, x) -> jax.Array:
+  """``x`` as an array, checked to be floating point with a vocabulary axis."""
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
   if x.ndim < 1:
     raise ValueError(f"{name} must have a vocabulary axis (rank >= 1), got shape {x.shape}")
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return x
+
+
+def _compute_dtype(*xs) -> jnp.dtype:
+  """float32, or float64 when an input is float64 (under ``jax_enable_x64``)."""
+  return jnp.result_type(*(x.dtype for x in xs), jnp.float32)
+
+
+class _Rows(NamedTuple):
+  """What :func:`_finish` applies to a per-token value: the mask and the finite check."""
+  where: jax.Array | None  # [...] bool, the trained tokens (None: all)
+  ok: jax.Array  # [...] bool, False where an input row holds a NaN or +inf
+
+
+def _row_ok(x: jax.Array) -> jax.Array:
+  """``[...]`` bool: the row ``x [..., V]`` holds no NaN and no ``+inf``.
+
+  One maximum per row: it is NaN when any entry is (XLA's max propagates NaN) and
+  ``+inf`` when any entry is; ``-inf`` entries (impossible tokens) pass.
+  """
+  return jnp.max(x, axis=-1) < jnp.inf
+
+
+def _log_softmax_ok(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(log_softmax(x) [..., V], ok [...])`` with one maximum serving both."""
+  m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  shifted = x - m
+  log_z = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+  return shifted - log_z, m[..., 0] < jnp.inf
 
 
 def _prepare(student_logits, teacher_logits, temperature, where, *, fn: str):
-  """Validates inputs; returns float32 (log-)probabilities and the token mask.
+  """Validates inputs; returns float32 (log-)probabilities and the token rows.
 
   Masked tokens have their logits replaced by zeros *before* any arithmetic, so
   NaN or all ``-inf`` rows there cannot poison values or gradients. A
@@ -106,10 +141,13 @@ def _prepare(student_logits, teacher_logits, temperature, where, *, fn: str):
   """
   if isinstance(teacher_logits, sparse_lib.SparseTeacher):
     return _prepare_sparse(student_logits, teacher_logits, temperature, where, fn)
-  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
-  log_q = jax.nn.log_softmax(s / temperature, axis=-1)
-  log_p = jax.nn.log_softmax(t / temperature, axis=-1)
-  return log_q, log_p, where
+  s, t, where = _check_dense(student_logits, teacher_logits, temperature, where)
+  dtype = _compute_dtype(s, t)
+  rows_mask = None if where is None else where[..., None]
+  s, t = _zero_masked(s, rows_mask, dtype), _zero_masked(t, rows_mask, dtype)
+  log_q, ok_s = _log_softmax_ok(s / temperature)
+  log_p, ok_t = _log_softmax_ok(t / temperature)
+  return log_q, log_p, _Rows(where, ok_s & ok_t)
 
 
 def _prepare_sparse(student_logits, teacher, temperature, where, fn: str):
@@ -118,13 +156,14 @@ def _prepare_sparse(student_logits, teacher, temperature, where, fn: str):
         f"{fn} does not accept a SparseTeacher: it is not an f-divergence, so the "
         "teacher's missing tail cannot be represented exactly; pass dense teacher "
         f"logits, or use one of {', '.join(SPARSE_DIVERGENCES)}")
-  s = _as_float("student_logits", student_logits)
+  s = _check_float("student_logits", student_logits)
   _check_temperature(temperature)
   where = _check_where(where, s.shape)
-  if where is not None:
-    s = jnp.where(where[..., None], s, 0.0)
+  s = _zero_masked(s, None if where is None else where[..., None], _compute_dtype(s))
   log_q, log_p = sparse_lib.reduce_to_support(s, teacher, temperature, where)
-  return log_q, log_p, where
+  # NaN or +inf log-probabilities are not a distribution; -inf ones are impossible tokens.
+  ok = _row_ok(s) & _row_ok(jnp.asarray(teacher.logprobs))
+  return log_q, log_p, _Rows(where, ok)
 
 
 def _check_where(where, shape):
@@ -138,10 +177,10 @@ def _check_where(where, shape):
   return where.astype(bool)
 
 
-def _clean_dense(student_logits, teacher_logits, temperature, where):
-  """Validates dense inputs; returns float logits with masked rows zeroed."""
-  s = _as_float("student_logits", student_logits)
-  t = _as_float("teacher_logits", teacher_logits)
+def _check_dense(student_logits, teacher_logits, temperature, where):
+  """Validates dense inputs; returns the logits (dtypes unchanged) and the mask."""
+  s = _check_float("student_logits", student_logits)
+  t = _check_float("teacher_logits", teacher_logits)
   if s.shape[-1] != t.shape[-1]:
     raise ValueError(
         f"student vocab size {s.shape[-1]} != teacher vocab size {t.shape[-1]}; "
@@ -150,28 +189,33 @@ def _clean_dense(student_logits, teacher_logits, temperature, where):
     raise ValueError(
         f"student_logits shape {s.shape} and teacher_logits shape {t.shape} differ")
   _check_temperature(temperature)
-  where = _check_where(where, s.shape)
-  if where is not None:
-    s = jnp.where(where[..., None], s, 0.0)
-    t = jnp.where(where[..., None], t, 0.0)
-  return s, t, where
+  return s, t, _check_where(where, s.shape)
 
 
-def _finish(value: jax.Array, where) -> jax.Array:
+def _zero_masked(x: jax.Array, where, dtype) -> jax.Array:
+  """``x [..., V]`` in ``dtype`` with the rows outside ``where [..., 1]`` set to 0."""
+  x = x.astype(dtype)
+  return x if where is None else jnp.where(where, x, 0.0)
+
+
+def _finish(value: jax.Array, rows: _Rows) -> jax.Array:
+  """NaN where an input row is not finite, then exactly 0 outside ``where``."""
   value = value.astype(jnp.promote_types(value.dtype, jnp.float32))
-  return value if where is None else jnp.where(where, value, 0.0)
+  value = jnp.where(rows.ok, value, jnp.nan)
+  return value if rows.where is None else jnp.where(rows.where, value, 0.0)
 
 
 def kl_terms(log_a: jax.Array, log_b: jax.Array) -> jax.Array:
   r"""Per-entry :math:`a_i (\log a_i - \log b_i)` with :math:`0 \log 0 = 0`, ``[..., V]``.
 
+  Only entries with :math:`a_i = 0` are set to 0: a NaN :math:`a_i` gives NaN.
   Not reduced over the vocabulary, so a vocab-sharded caller can sum its shard and
   psum (see :mod:`sad_jax.parallel._sharding`).
   """
   a = jnp.exp(log_a)
-  support = a > 0
-  diff = jnp.where(support, log_a - log_b, 0.0)
-  return jnp.where(support, a * diff, 0.0)
+  zero = a == 0
+  diff = jnp.where(zero, 0.0, log_a - log_b)
+  return jnp.where(zero, 0.0, a * diff)
 
 
 def kl_to_mixture_terms(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
@@ -196,121 +240,250 @@ def _kl_to_mixture(log_a: jax.Array, log_b: jax.Array, w: float) -> jax.Array:
   return jnp.sum(kl_to_mixture_terms(log_a, log_b, w), axis=-1)
 
 
-
 # ---------------------------------------------------------------------------
 # Fused custom-VJP kernels for dense teachers.
 #
-# Each kernel takes float logits ``s, t [..., V]`` (masked rows already zeroed) and
-# the temperature, and returns the per-token value. The forward pass reads the
-# logits in a few fused reductions and saves only per-token statistics (log
-# normalizers, value, partial sums); the backward pass recomputes the
-# probabilities and writes the student gradient in one elementwise pass.
+# A kernel takes the logits ``s, t [a, m, V]`` in their input dtype, the token mask
+# ``where [a, m, 1]`` (or None) and the temperature, and returns the per-token value
+# ``[a, m]`` (NaN on rows with a NaN or +inf logit, 0 outside ``where``). The rows
+# are processed in blocks ``[a, rb, V]`` taken along axis 1 (:func:`_map_row_blocks`),
+# so a batch sharded along ``a`` is blocked inside each shard. Every operation is
+# row-local, so the mask is a per-row select of the outputs (values, gradients):
+# masked rows may hold NaN, their math is discarded, and no pass over ``[..., V]``
+# selects the inputs. The dtype cast is fused into each block's reductions. The
+# forward pass saves per-token statistics only (log normalizers, value, partial
+# sums), and the backward pass recomputes the probabilities and writes the needed
+# gradients (and the temperature's per-row terms) in one elementwise pass.
 # ---------------------------------------------------------------------------
 
+BLOCK_ELEMENTS = 1 << 19
+"""Work-block size of the fused kernels, in elements per row group.
 
-def _log_normalizer(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  r"""Returns ``(x - max, sum exp(x - max), max, log sum exp(x - max))`` (keepdims).
+The flattened rows are laid out as ``[a, m]`` groups (:func:`_row_groups`) and
+processed in blocks of ``[a, rb, V]`` with ``rb * V`` about this many elements
+(2 MiB of float32 per group and array, held in cache between a block's passes).
+``benchmarks/divergence_speed.py --block-elements`` times other sizes."""
 
-  The log-softmax is ``(x - max) - log_z``: the maximum and :math:`\log Z` are kept
-  apart, since ``max + log_z`` rounds at large logits (an ulp of 1e4 is 1e-3).
+
+def _row_groups(shape: tuple[int, ...]) -> int:
+  r"""The outer factor ``a`` of the row layout ``[a, m]`` of logits of ``shape [..., V]``.
+
+  :math:`a = \gcd(\text{shape}[0], \text{device count})`. A leading axis sharded over
+  ``k`` devices (``k`` divides both) is split into ``k`` contiguous chunks, each a
+  whole number of the ``a`` groups, so blocks taken along ``m`` never cross a shard
+  and the blocked loop runs locally on every device. With one device ``a = 1``.
   """
-  m = jnp.max(x, axis=-1, keepdims=True)
-  shifted = x - m
-  z = jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True)
-  return shifted, z, m, jnp.log(z)
+  lead = shape[0] if len(shape) > 1 else 1
+  return max(1, math.gcd(lead, jax.device_count()))
 
 
-def _log_softmax(x, temperature, norm):
+def _row_block(rows: int, vocab: int) -> int:
+  """Rows per block along ``m``: ``rb * vocab <= BLOCK_ELEMENTS``, blocks balanced.
+
+  ``ceil(rows / rb)`` blocks of equal size; the last block is shifted back to end
+  at ``rows`` (:func:`_map_row_blocks`), so any row count works (no divisor needed).
+  """
+  target = max(1, BLOCK_ELEMENTS // max(vocab, 1))
+  if rows <= target:
+    return rows
+  count = -(-rows // target)
+  return -(-rows // count)
+
+
+def _map_row_blocks(fn, args):
+  """Applies the row-wise ``fn`` to blocks of ``args`` along axis 1, re-joined.
+
+  Args:
+    fn: maps a pytree of ``[a, rb, ...]`` arrays to a pytree of ``[a, rb, ...]``
+      arrays, each row independently of the others.
+    args: pytree of ``[a, m, ...]`` arrays (``None`` leaves allowed); the first
+      leaf is the ``[a, m, V]`` logits that set the block size (:func:`_row_block`).
+
+  Returns:
+    The pytree of ``[a, m, ...]`` outputs. Block ``i`` starts at
+    ``min(i * rb, m - rb)``: the last block overlaps its predecessor, and its rows
+    there are recomputed identically and written again.
+  """
+  first = jax.tree.leaves(args)[0]
+  rows = first.shape[1]
+  block = _row_block(rows, first.shape[-1])
+  if block >= rows:
+    return fn(*args)
+  count = -(-rows // block)
+
+  def take(start):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, block, axis=1),
+                        args)
+
+  out = jax.eval_shape(lambda: fn(*take(0)))
+  init = jax.tree.map(lambda o: jnp.zeros(o.shape[:1] + (rows,) + o.shape[2:], o.dtype), out)
+
+  def body(acc, i):
+    start = jnp.minimum(i * block, rows - block)
+    return jax.tree.map(lambda a, y: jax.lax.dynamic_update_slice_in_dim(a, y, start, axis=1),
+                        acc, fn(*take(start))), None
+
+  return jax.lax.scan(body, init, jnp.arange(count))[0]
+
+
+def _softmax_parts(x: jax.Array, inv_t) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  r"""``(x / T - max, exp(x / T - max), its row sum z, max)``, the last two keepdims.
+
+  The maximum is taken on the raw logits (``max(x) * c == max(x * c)`` exactly for
+  ``c = 1 / T > 0``: rounding is monotone), so no scaled copy of a block is needed
+  for it; the backward recomputes ``x * (1 / T)`` the same way. The log-softmax is
+  ``(x / T - max) - log z``: the maximum and :math:`\log z` are kept apart, since
+  ``max + log z`` rounds at large logits (an ulp of 1e4 is 1e-3).
+  """
+  m = jnp.max(x, axis=-1, keepdims=True) * inv_t
+  shifted = x * inv_t - m
+  e = jnp.exp(shifted)
+  return shifted, e, jnp.sum(e, axis=-1, keepdims=True), m
+
+
+def _log_softmax(x, inv_t, norm):
   """Recomputes the log-softmax of ``x / T`` from saved ``(max, log_z)``."""
   m, log_z = norm
-  return (x * (1.0 / temperature) - m) - log_z
+  return (x * inv_t - m) - log_z
 
 
-def _temperature_cotangent(gs, s, gt, t, temperature):
-  """:math:`\\partial L / \\partial T = -\\frac{1}{T} \\sum (g_s s + g_t t)`.
-
-  Zero cotangents meet ``-inf`` logits (impossible tokens); those terms are 0.
-  """
-  terms = (jnp.where(gs == 0, 0.0, gs * s) + jnp.where(gt == 0, 0.0, gt * t))
-  ct = -jnp.sum(terms) / temperature
-  # Under shard_map the logits vary over mesh axes while a replicated temperature
-  # does not: its cotangent is the sum over those axes.
+def _temperature_cotangent(ct, temperature):
+  """Under shard_map the logits vary over mesh axes while a replicated temperature
+  does not: its cotangent ``ct`` is then the sum over those axes."""
   extra = (jax.typeof(ct).manual_axis_type.varying
            - jax.typeof(temperature).manual_axis_type.varying)
   return jax.lax.psum(ct, tuple(sorted(extra))) if extra else ct
 
 
-def _kl_kernel(log_first_stats: bool):
-  """KL between the two softmaxes; ``log_first_stats`` picks the direction.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Perturbed:
+  """Which of the teacher logits and the temperature need a gradient (static residual)."""
+  teacher: bool
+  temperature: bool
 
-  ``_kl_kernel(False)`` is :math:`KL(p \\| q)` (forward), ``True`` is
-  :math:`KL(q \\| p)` (reverse). With ``w`` the weighting side and ``o`` the other,
+
+def _fused_kernel(rows_fwd, rows_bwd):
+  r"""Builds the blocked custom-VJP kernel of one divergence from its row math.
+
+  Args:
+    rows_fwd: ``(s, t, inv_t) -> (value, (ma, log_za), (mb, log_zb), extra)`` on
+      ``[a, rb, V]`` compute-dtype logits: the per-row value,
+      the log normalizers of ``s / T`` and ``t / T`` (``ma``, ``mb`` the scaled row
+      maxima) and the per-row statistics ``extra`` the backward needs, all
+      ``[a, rb, 1]``.
+    rows_bwd: ``(s, t, norm_a, norm_b, extra, g, inv_t) -> (gs, gt)``, the gradients
+      of ``g * value`` for the per-row cotangent ``g [a, rb, 1]`` (``1 / T`` already
+      applied to it).
+
+  Returns:
+    ``kernel(s, t, where, temperature) -> value [a, m]`` with the gradients of
+    ``s``, ``t`` (input dtypes) and of the temperature
+    :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`. Only the
+    gradients that are needed are formed (``custom_vjp`` with symbolic zeros): for
+    the student's alone (teacher under ``stop_gradient``, fixed temperature) the
+    backward pass is one elementwise pass over the logits; otherwise it runs in
+    row blocks like the forward pass.
+  """
+
+  def block_fwd(s, t, where, inv_t):
+    value, norm_a, norm_b, extra = rows_fwd(s.astype(inv_t.dtype), t.astype(inv_t.dtype),
+                                            inv_t)
+    # The scaled maxima are NaN / +inf exactly when the row holds a NaN / +inf.
+    value = jnp.where((norm_a[0] < jnp.inf) & (norm_b[0] < jnp.inf), value, jnp.nan)
+    value = value if where is None else jnp.where(where, value, 0.0)
+    return value, (norm_a, norm_b, extra)
+
+  def block_bwd(s, t, where, stats, g, inv_t):
+    dtypes = s.dtype, t.dtype
+    s, t = s.astype(inv_t.dtype), t.astype(inv_t.dtype)
+    gs, gt = rows_bwd(s, t, *stats, g * inv_t, inv_t)
+    if where is not None:
+      gs, gt = jnp.where(where, gs, 0.0), jnp.where(where, gt, 0.0)
+    # Zero cotangents meet -inf logits (impossible tokens); those terms are 0.
+    ct = jnp.sum(jnp.where(gs == 0, 0.0, gs * s) + jnp.where(gt == 0, 0.0, gt * t),
+                 axis=-1, keepdims=True)
+    return gs.astype(dtypes[0]), gt.astype(dtypes[1]), ct
+
+  def forward(s, t, where, temperature):
+    inv_t = 1.0 / temperature
+    value, stats = _map_row_blocks(lambda *xs: block_fwd(*xs, inv_t), (s, t, where))
+    return value[..., 0], stats
+
+  @jax.custom_vjp
+  def kernel(s, t, where, temperature):
+    return forward(s, t, where, temperature)[0]
+
+  def fwd(s, t, where, temperature):
+    perturbed = _Perturbed(teacher=t.perturbed, temperature=temperature.perturbed)
+    s, t, temperature = s.value, t.value, temperature.value
+    where = None if where is None else where.value
+    value, stats = forward(s, t, where, temperature)
+    return value, (s, t, where, temperature, stats, perturbed)
+
+  def bwd(res, g):
+    s, t, where, temperature, stats, perturbed = res
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+      return None, None, None, None
+    inv_t = 1.0 / temperature
+    args = (s, t, where, stats, g[..., None])
+    if not (perturbed.teacher or perturbed.temperature):
+      # The student gradient alone is elementwise given the saved statistics: one
+      # fused pass over [a, m, V] with no block-sized intermediates to bound.
+      return block_bwd(*args, inv_t)[0], None, None, None
+    gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t), args)
+    ct = _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
+    return (gs, gt if perturbed.teacher else None, None,
+            ct if perturbed.temperature else None)
+
+  kernel.defvjp(fwd, bwd, symbolic_zeros=True)
+  return kernel
+
+
+def _kl_rows(reverse: bool):
+  """Row math of :math:`KL(p \\| q)` (``reverse=False``) or :math:`KL(q \\| p)`.
+
+  With ``w`` the weighting side and ``o`` the other,
   :math:`\\partial KL / \\partial a_w = w \\odot (\\log w - \\log o - KL)` and
   :math:`\\partial KL / \\partial a_o = o - w`.
   """
 
-  @jax.custom_vjp
-  def kernel(s, t, temperature):
-    return fwd(s, t, temperature)[0]
-
-  def fwd(s, t, temperature):
-    value, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
-    return value[..., 0], (s, t, temperature, norm_a, norm_b, value)
-
-  def fwd_rows(s, t, temperature):
-    # The maxima are taken on the raw logits (max(x) * c == max(x * c) exactly for
-    # c = 1 / T > 0: rounding is monotone), so no scaled copy of a block is written
-    # out; the exponential of the weighting side serves its normalizer and the
-    # cross term. The backward recomputes x * (1 / T) the same way.
-    inv_t = 1.0 / temperature
-    ma = jnp.max(s, axis=-1, keepdims=True) * inv_t
-    mb = jnp.max(t, axis=-1, keepdims=True) * inv_t
-    sa, sb = s * inv_t - ma, t * inv_t - mb
-    ea, eb = jnp.exp(sa), jnp.exp(sb)
-    za = jnp.sum(ea, axis=-1, keepdims=True)
-    zb = jnp.sum(eb, axis=-1, keepdims=True)
-    if log_first_stats:  # weights q, difference log q - log p.
+  def fwd(s, t, inv_t):
+    # The exponential of the weighting side serves its normalizer and the cross term.
+    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+    if reverse:  # weights q, difference log q - log p.
       e, diff, z_w, z_o = ea, sa - sb, za, zb
     else:
       e, diff, z_w, z_o = eb, sb - sa, zb, za
     cross = jnp.sum(jnp.where(e > 0, e * diff, 0.0), axis=-1, keepdims=True)
     value = cross / z_w - jnp.log(z_w) + jnp.log(z_o)
-    return value, (ma, jnp.log(za)), (mb, jnp.log(zb))
+    return value, (ma, jnp.log(za)), (mb, jnp.log(zb)), (value,)
 
-  def bwd(res, g):
-    s, t, temperature, norm_a, norm_b, value = res
-    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, value,
-                      g[..., None])
-    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
-
-  def bwd_rows(s, t, norm_a, norm_b, value, g, temperature):
-    g = g / temperature
-    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
+  def bwd(s, t, norm_a, norm_b, extra, g, inv_t):
+    (value,) = extra
+    log_q, log_p = _log_softmax(s, inv_t, norm_a), _log_softmax(t, inv_t, norm_b)
     q, p = jnp.exp(log_q), jnp.exp(log_p)
-    if log_first_stats:
-      gs = g * jnp.where(q > 0, q * (log_q - log_p - value), 0.0)
-      gt = g * (p - q)
-    else:
-      gs = g * (q - p)
-      gt = g * jnp.where(p > 0, p * (log_p - log_q - value), 0.0)
-    return gs, gt
+    if reverse:
+      return g * jnp.where(q > 0, q * (log_q - log_p - value), 0.0), g * (p - q)
+    return g * (q - p), g * jnp.where(p > 0, p * (log_p - log_q - value), 0.0)
 
-  kernel.defvjp(fwd, bwd)
-  return kernel
+  return fwd, bwd
 
 
-_forward_kl_kernel = _kl_kernel(False)
-_reverse_kl_kernel = _kl_kernel(True)
+_forward_kl_kernel = _fused_kernel(*_kl_rows(False))
+_reverse_kl_kernel = _fused_kernel(*_kl_rows(True))
 
 
-def _mixture_terms(log_q, log_p, beta):
-  """Per-entry :math:`\\log m` and both KL-to-mixture terms, ``0 log 0 = 0``."""
-  q, p = jnp.exp(log_q), jnp.exp(log_p)
+def _mixture_terms(q, log_q, p, log_p, beta):
+  r"""Per-entry :math:`\log m` and both KL-to-mixture terms, ``0 log 0 = 0``.
+
+  :math:`m = \beta p + (1 - \beta) q` is positive wherever ``p`` or ``q`` is.
+  """
   m = beta * p + (1.0 - beta) * q
   log_m = jnp.log(jnp.where(m > 0, m, 1.0))
-  term_p = jnp.where((p > 0) & (m > 0), p * (log_p - log_m), 0.0)
-  term_q = jnp.where((q > 0) & (m > 0), q * (log_q - log_m), 0.0)
-  return q, p, log_m, term_p, term_q
+  term_p = jnp.where(p > 0, p * (log_p - log_m), 0.0)
+  term_q = jnp.where(q > 0, q * (log_q - log_m), 0.0)
+  return log_m, term_p, term_q
 
 
 @functools.lru_cache(maxsize=None)
@@ -319,127 +492,68 @@ def _jsd_kernel(beta: float):
   and symmetrically :math:`\beta\, p \odot (\log p - \log m - KL(p\|m))` for the teacher.
   """
 
-  @jax.custom_vjp
-  def kernel(s, t, temperature):
-    return fwd(s, t, temperature)[0]
-
-  def fwd(s, t, temperature):
-    kl_pm, kl_qm, norm_a, norm_b = _blocked(lambda s, t: fwd_rows(s, t, temperature), s, t)
-    value = beta * kl_pm + (1.0 - beta) * kl_qm
-    return value[..., 0], (s, t, temperature, norm_a, norm_b, kl_pm, kl_qm)
-
-  def fwd_rows(s, t, temperature):
-    a, b = s * (1.0 / temperature), t * (1.0 / temperature)
-    (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
-    _, _, _, term_p, term_q = _mixture_terms(sa - log_za, sb - log_zb, beta)
+  def fwd(s, t, inv_t):
+    # The normalizers' exponentials serve the probabilities too (no second exp).
+    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+    log_za, log_zb = jnp.log(za), jnp.log(zb)
+    _, term_p, term_q = _mixture_terms(ea * (1.0 / za), sa - log_za, eb * (1.0 / zb),
+                                       sb - log_zb, beta)
     kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
     kl_qm = jnp.sum(term_q, axis=-1, keepdims=True)
-    return kl_pm, kl_qm, (ma, log_za), (mb, log_zb)
+    value = beta * kl_pm + (1.0 - beta) * kl_qm
+    return value, (ma, log_za), (mb, log_zb), (kl_pm, kl_qm)
 
-  def bwd(res, g):
-    s, t, temperature, norm_a, norm_b, kl_pm, kl_qm = res
-    gs, gt = _blocked(lambda *xs: bwd_rows(*xs, temperature), s, t, norm_a, norm_b, kl_pm,
-                      kl_qm, g[..., None])
-    return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
+  def bwd(s, t, norm_a, norm_b, extra, g, inv_t):
+    kl_pm, kl_qm = extra
+    log_q, log_p = _log_softmax(s, inv_t, norm_a), _log_softmax(t, inv_t, norm_b)
+    q, p = jnp.exp(log_q), jnp.exp(log_p)
+    log_m, _, _ = _mixture_terms(q, log_q, p, log_p, beta)
+    return (g * (1.0 - beta) * jnp.where(q > 0, q * (log_q - log_m - kl_qm), 0.0),
+            g * beta * jnp.where(p > 0, p * (log_p - log_m - kl_pm), 0.0))
 
-  def bwd_rows(s, t, norm_a, norm_b, kl_pm, kl_qm, g, temperature):
-    g = g / temperature
-    log_q, log_p = _log_softmax(s, temperature, norm_a), _log_softmax(t, temperature, norm_b)
-    q, p, log_m, _, _ = _mixture_terms(log_q, log_p, beta)
-    gs = g * (1.0 - beta) * jnp.where(q > 0, q * (log_q - log_m - kl_qm), 0.0)
-    gt = g * beta * jnp.where(p > 0, p * (log_p - log_m - kl_pm), 0.0)
-    return gs, gt
-
-  kernel.defvjp(fwd, bwd)
-  return kernel
+  return _fused_kernel(fwd, bwd)
 
 
-@jax.custom_vjp
-def _tv_kernel(s, t, temperature):
+def _tv_fwd_rows(s, t, inv_t):
   r""":math:`TV`; with :math:`u = \tfrac12 \mathrm{sign}(q - p)`,
   :math:`\partial/\partial a = q \odot (u - \sum q u)`, and the mirror for the teacher.
   """
-  return _tv_fwd(s, t, temperature)[0]
-
-
-def _tv_fwd(s, t, temperature):
-  value, norm_a, norm_b, q_sign, p_sign = _blocked(
-      lambda s, t: _tv_fwd_rows(s, t, temperature), s, t)
-  return value[..., 0], (s, t, temperature, norm_a, norm_b, q_sign, p_sign)
-
-
-def _tv_fwd_rows(s, t, temperature):
-  a, b = s * (1.0 / temperature), t * (1.0 / temperature)
-  (sa, _, ma, log_za), (sb, _, mb, log_zb) = _log_normalizer(a), _log_normalizer(b)
-  q, p = jnp.exp(sa - log_za), jnp.exp(sb - log_zb)
+  (_, ea, za, ma), (_, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+  q, p = ea * (1.0 / za), eb * (1.0 / zb)
+  log_za, log_zb = jnp.log(za), jnp.log(zb)
   sign = jnp.sign(q - p)
   value = 0.5 * jnp.sum(jnp.abs(q - p), axis=-1, keepdims=True)
   q_sign = jnp.sum(q * sign, axis=-1, keepdims=True)
   p_sign = jnp.sum(p * sign, axis=-1, keepdims=True)
-  return value, (ma, log_za), (mb, log_zb), q_sign, p_sign
+  return value, (ma, log_za), (mb, log_zb), (q_sign, p_sign)
 
 
-def _tv_bwd(res, g):
-  s, t, temperature, norm_a, norm_b, q_sign, p_sign = res
-  gs, gt = _blocked(lambda *xs: _tv_bwd_rows(*xs, temperature), s, t, norm_a, norm_b,
-                    q_sign, p_sign, g[..., None])
-  return gs, gt, _temperature_cotangent(gs, s, gt, t, temperature)
-
-
-def _tv_bwd_rows(s, t, norm_a, norm_b, q_sign, p_sign, g, temperature):
-  g = 0.5 * g / temperature
-  q = jnp.exp(_log_softmax(s, temperature, norm_a))
-  p = jnp.exp(_log_softmax(t, temperature, norm_b))
+def _tv_bwd_rows(s, t, norm_a, norm_b, extra, g, inv_t):
+  q_sign, p_sign = extra
+  g = 0.5 * g
+  q = jnp.exp(_log_softmax(s, inv_t, norm_a))
+  p = jnp.exp(_log_softmax(t, inv_t, norm_b))
   sign = jnp.sign(q - p)
-  gs = g * q * (sign - q_sign)
-  gt = g * p * (p_sign - sign)
-  return gs, gt
+  return g * q * (sign - q_sign), g * p * (p_sign - sign)
 
 
-_tv_kernel.defvjp(_tv_fwd, _tv_bwd)
-
-
-BLOCK_ELEMENTS = 1 << 19
-"""Work-block size (elements) of the fused kernels: rows of the flattened
-``[N, V]`` logits are processed in blocks of about this many elements (2 MiB of
-float32), so the intermediates are block-sized and only the inputs and the
-gradients are ``[N, V]``. Measured on a 2-core CPU (README, "Performance",
-``benchmarks/divergence_speed.py --block-elements``): with the session-3 kernels,
-2**19 beat 2**22 by 1.3-1.5x on forward/reverse KL at V = 32000 and V = 151936
-(the block's intermediates stay in cache between the kernel's passes); 2**16 and
-smaller lose to the per-block overhead."""
-
-
-def _row_block(rows: int, vocab: int) -> int:
-  """The largest divisor of ``rows`` with ``block * vocab <= BLOCK_ELEMENTS``."""
-  if rows * vocab <= BLOCK_ELEMENTS:
-    return rows
-  target = max(1, BLOCK_ELEMENTS // vocab)
-  return next(b for b in range(min(target, rows), 0, -1) if rows % b == 0)
-
-
-def _blocked(fn, *arrays):
-  """``fn`` over row blocks of ``[N, ...]`` array pytrees (``lax.map``), re-joined."""
-  rows, vocab = arrays[0].shape
-  block = _row_block(rows, vocab)
-  if block == rows:
-    return fn(*arrays)
-  split = jax.tree.map(lambda x: x.reshape((rows // block, block) + x.shape[1:]), arrays)
-  out = jax.lax.map(lambda xs: fn(*xs), split)
-  return jax.tree.map(lambda y: y.reshape((rows,) + y.shape[2:]), out)
+_tv_kernel = _fused_kernel(_tv_fwd_rows, _tv_bwd_rows)
 
 
 def _fast_dense(kernel, student_logits, teacher_logits, temperature, where):
-  """Runs a fused kernel on validated, masked, float32 (or wider) logits.
+  """Runs a fused kernel on validated logits ``[..., V]`` laid out as ``[a, m, V]``.
 
-  The dtype casts and the ``where`` selection stay outside the kernel, so their
-  autodiff rules give gradients in the input dtype and exact zeros for masked tokens.
+  The reshapes are free (row-major), the dtype casts and the ``where`` selection
+  happen per block inside the kernel, so no pass over ``[..., V]`` precedes it.
   """
-  s, t, where = _clean_dense(student_logits, teacher_logits, temperature, where)
-  temperature = jnp.asarray(temperature, s.dtype)
+  s, t, where = _check_dense(student_logits, teacher_logits, temperature, where)
   shape = s.shape
-  s, t = s.reshape(-1, shape[-1]), t.reshape(-1, shape[-1])
-  return _finish(kernel(s, t, temperature).reshape(shape[:-1]), where)
+  groups = _row_groups(shape)
+  layout = (groups, math.prod(shape[:-1]) // groups)
+  s, t = s.reshape(layout + shape[-1:]), t.reshape(layout + shape[-1:])
+  where = None if where is None else where.reshape(layout + (1,))
+  temperature = jnp.asarray(temperature, _compute_dtype(s, t))
+  return kernel(s, t, where, temperature).reshape(shape[:-1])
 
 
 def _is_sparse(teacher) -> bool:
@@ -483,9 +597,9 @@ def forward_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   if not _is_sparse(teacher_logits):
     return _fast_dense(_forward_kl_kernel, student_logits, teacher_logits, temperature,
                        where)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="forward_kl")
-  return _finish(_kl(log_p, log_q), where)
+  return _finish(_kl(log_p, log_q), rows)
 
 
 def reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -503,9 +617,9 @@ def reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   if not _is_sparse(teacher_logits):
     return _fast_dense(_reverse_kl_kernel, student_logits, teacher_logits, temperature,
                        where)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="reverse_kl")
-  return _finish(_kl(log_q, log_p), where)
+  return _finish(_kl(log_q, log_p), rows)
 
 
 def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -549,11 +663,11 @@ def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
   if not _is_sparse(teacher_logits):
     return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
                        where)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="generalized_jsd")
   value = (beta * _kl_to_mixture(log_p, log_q, beta)
            + (1.0 - beta) * _kl_to_mixture(log_q, log_p, 1.0 - beta))
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def symmetric_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -572,10 +686,10 @@ def symmetric_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   ratio = _check_static("ratio", ratio, "symmetric_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="symmetric_kl")
   value = (1.0 - ratio) * _kl(log_p, log_q) + ratio * _kl(log_q, log_p)
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def skew_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -595,9 +709,9 @@ def skew_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   alpha = _check_static("alpha", alpha, "skew_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="skew_kl")
-  return _finish(_kl_to_mixture(log_p, log_q, alpha), where)
+  return _finish(_kl_to_mixture(log_p, log_q, alpha), rows)
 
 
 def skew_reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -615,9 +729,9 @@ def skew_reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   alpha = _check_static("alpha", alpha, "skew_reverse_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="skew_reverse_kl")
-  return _finish(_kl_to_mixture(log_q, log_p, alpha), where)
+  return _finish(_kl_to_mixture(log_q, log_p, alpha), rows)
 
 
 def _expm1_over(x: jax.Array, c: float) -> jax.Array:
@@ -649,7 +763,7 @@ def alpha_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   alpha = _check_static("alpha", alpha, "alpha_divergence", -math.inf, math.inf,
                         lo_open=True, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="alpha_divergence")
   if alpha >= 0.5:  # sum_i p_i^a q_i^(1-a) = sum_i p_i exp((a-1)(log p_i - log q_i))
     log_w, log_other, c, scale = log_p, log_q, alpha - 1.0, alpha
@@ -661,7 +775,7 @@ def alpha_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
   diff = jnp.where(support, sign * (log_w - log_other), 0.0)
   terms = jnp.where(support, w * _expm1_over(diff, c), 0.0)
   value = jnp.sum(terms, axis=-1) / scale
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def alpha_beta_divergence(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -700,7 +814,7 @@ def alpha_beta_divergence(student_logits: chex.Array, teacher_logits: chex.Array
                         lo_open=True, hi_open=True)
   beta = _check_static("beta", beta, "alpha_beta_divergence", -math.inf, math.inf,
                        lo_open=True, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="alpha_beta_divergence")
   a, b = alpha, beta
   # Entries where both distributions are zero contribute nothing; elsewhere use
@@ -737,7 +851,7 @@ def alpha_beta_divergence(student_logits: chex.Array, teacher_logits: chex.Array
                - b / s * jnp.exp(s * lq)) / (a * b)
     terms = jnp.where(use_stable, stable, direct)
   value = jnp.sum(jnp.where(live, terms, 0.0), axis=-1)
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def _expm1_minus_x(z: jax.Array) -> jax.Array:
@@ -762,10 +876,10 @@ def total_variation(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   if not _is_sparse(teacher_logits):
     return _fast_dense(_tv_kernel, student_logits, teacher_logits, temperature, where)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="total_variation")
   value = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def wasserstein(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -786,7 +900,7 @@ def wasserstein(student_logits: chex.Array, teacher_logits: chex.Array, *,
     top_k: if given, only the ``top_k`` largest entries of each side are compared.
     Other args and returns as :func:`forward_kl`.
   """
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="wasserstein")
   vocab = log_q.shape[-1]
   if top_k is None:
@@ -797,7 +911,7 @@ def wasserstein(student_logits: chex.Array, teacher_logits: chex.Array, *,
       raise ValueError(f"wasserstein: top_k must be an int in [1, {vocab}], got {top_k!r}")
     p_sorted = jax.lax.top_k(jnp.exp(log_p), top_k)[0]
     q_sorted = jax.lax.top_k(jnp.exp(log_q), top_k)[0]
-  return _finish(jnp.sum(jnp.abs(p_sorted - q_sorted), axis=-1), where)
+  return _finish(jnp.sum(jnp.abs(p_sorted - q_sorted), axis=-1), rows)
 
 
 def adaptive_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -825,7 +939,7 @@ def adaptive_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   mu = _check_static("mu", mu, "adaptive_kl", 0.0, 1.0)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="adaptive_kl")
   p, q = jnp.exp(log_p), jnp.exp(log_q)
   order = jnp.argsort(p, axis=-1)
@@ -838,7 +952,7 @@ def adaptive_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   w_head = jnp.where(total > 0, g_head / safe_total, 0.5)
   w_tail = jnp.where(total > 0, g_tail / safe_total, 0.5)
   value = w_head * _kl(log_p, log_q) + w_tail * _kl(log_q, log_p)
-  return _finish(value, where)
+  return _finish(value, rows)
 
 
 def focal_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -858,12 +972,12 @@ def focal_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
     Other args and returns as :func:`forward_kl`.
   """
   gamma = _check_static("gamma", gamma, "focal_kl", 0.0, math.inf, hi_open=True)
-  log_q, log_p, where = _prepare(student_logits, teacher_logits, temperature, where,
+  log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="focal_kl")
   top = jnp.argmax(log_p, axis=-1)[..., None]
   q_top = jnp.exp(jnp.take_along_axis(log_q, top, axis=-1)[..., 0])
   factor = jax.lax.stop_gradient(jnp.power(1.0 - q_top, gamma))
-  return _finish(factor * _kl(log_p, log_q), where)
+  return _finish(factor * _kl(log_p, log_q), rows)
 
 
 # ---------------------------------------------------------------------------
