@@ -162,7 +162,7 @@ class Task:
 
   @property
   def question(self) -> str:
-    """``Who is the mentor of the rival of Kamor?`` (outermost relation first)."""
+    """``Who is the friend of the partner of Pigo?`` (the last hop's relation first)."""
     return "Who is " + "".join(f"the {r} of " for r in reversed(self.relations)) + \
         f"{self.subject}?"
 
@@ -269,7 +269,7 @@ def expert_turns(task: Task) -> list[str]:
 
 
 def expert_trajectory(task: Task) -> str:
-  """The full ChatML trajectory of the expert on ``task`` (its turns played in :class:`LookupEnv`)."""
+  """The full ChatML trajectory of the expert on ``task``: its turns played in :class:`Env`."""
   turns = expert_turns(task)
   env = LookupEnv(task, max_turns=len(turns))
   env.reset()
