@@ -4,6 +4,12 @@ Used by ``examples/distill_agent.py`` through ``ml_collections.config_flags``, s
 any field can be overridden: ``--config.student.steps=500``,
 ``--config.methods=sft,sad`` (a comma-separated string), ``--config.seeds=0,1,2``.
 
+The argument is ``PRESET`` or ``PRESET,env=NAME``: ``env`` names the environment
+module under ``examples/agent_env`` (:func:`examples.agent_env.get`; default
+``calculator``); ``config.env_options`` (the options of its task generator) and
+``config.max_turns`` start from that module's ``OPTIONS`` and ``MAX_TURNS``, so
+select the environment here rather than with ``--config.env``.
+
 Presets:
 
 * ``smoke`` -- tiny models, a few dozen steps, a handful of evaluation tasks;
@@ -35,6 +41,8 @@ from __future__ import annotations
 
 import ml_collections
 
+import examples.agent_env as agent_env
+
 PRESETS = ("smoke", "default", "study")
 SAD_STRATEGIES = ("reasoning_heavy", "action_heavy", "adaptive", "curriculum",
                   "confidence_based", "difficulty_aware")
@@ -46,16 +54,32 @@ def _model(d_model, num_layers, num_heads, d_ff):
                                         num_heads=num_heads, d_ff=d_ff))
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the ``ConfigDict`` of a preset (``default`` when ``arg`` is None or empty)."""
-  preset = (arg or "default").strip()
+def parse_arg(arg: str | None) -> tuple[str, str]:
+  """``"PRESET[,env=NAME]"`` (either part may be left out) -> ``(preset, env)``."""
+  preset, env = "default", "calculator"
+  for i, item in enumerate(p.strip() for p in (arg or "").split(",") if p.strip()):
+    if item.startswith("env="):
+      env = item[len("env="):]
+    elif "=" not in item and i == 0:
+      preset = item
+    else:
+      raise ValueError(f"bad config argument {arg!r}: expected PRESET[,env=NAME], e.g. "
+                       "'study,env=calculator'")
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+  return preset, env
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the ``ConfigDict`` of ``PRESET[,env=NAME]`` (``default``, ``calculator``)."""
+  preset, env_name = parse_arg(arg)
+  env = agent_env.get(env_name)
   c = ml_collections.ConfigDict()
   c.preset = preset
+  c.env = env_name
+  c.env_options = ml_collections.ConfigDict(dict(env.OPTIONS))
   c.data_seed = 0
-  c.min_ops, c.max_ops = 2, 3
-  c.max_turns = 6             # environment turn limit (3 tool calls + answer need 4)
+  c.max_turns = env.MAX_TURNS  # episode turn limit (calculator: 3 tool calls + answer need 4)
   c.num_train_tasks = 30000   # expert demonstrations for the teacher (8000: 88.2% held-out)
   c.num_distill_tasks = 2000  # teacher rollouts on train tasks: the students' data
   c.num_eval_tasks = 1000     # held-out tasks of the final evaluations

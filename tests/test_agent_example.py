@@ -215,21 +215,23 @@ def test_model_policy_runs_episodes_in_a_batch(tokenizer):
 
 def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
   import jax
+  import ml_collections
   import numpy as np
+  from examples import agent_data, agent_io, agent_train
   from examples import agent_lm as lm
-  from examples import distill_agent as da
-  from sad_jax.training import _step as train
-  cfg = da.ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
+  cfg = ml_collections.ConfigDict(dict(log_every=2, checkpoint_every=3))
   examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
               for t in calc.generate_tasks("train", 16, seed=0)]
-  batches = da.Batches(examples, [208], batch_size=4, seed=0)
+  batches = agent_data.Batches(examples, [208], batch_size=4, seed=0)
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
-  run_cfg = da.ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, steps=8))
-  tx = da.optimizer(run_cfg)
-  step = da.make_ce_step(lm.make_apply(graphdef), tx)
-  fresh = lambda: train.init_train_state(params, tx, {})
-  no_eval = lambda p: {}
+  run_cfg = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, steps=8))
+  tx = agent_train.optimizer(run_cfg)
 
+  def fresh():
+    return agent_train.make_method_step("sft", cfg, lm.make_apply(graphdef), params, tx, 0)
+
+  no_eval = lambda p: {}
+  state, step = fresh()
   calls = {"n": 0}
 
   def interrupting_step(state, batch):
@@ -238,13 +240,14 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
       raise KeyboardInterrupt
     return step(state, batch)
 
+  run = agent_train.run_training
   with pytest.raises(KeyboardInterrupt):
-    da.run_training("t", tmp_path / "a", fresh(), interrupting_step, batches, 8, cfg, 4, no_eval)
+    run("t", tmp_path / "a", state, interrupting_step, batches, 8, cfg, 4, no_eval)
   assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["3", "5"]
-  resumed = da.run_training("t", tmp_path / "a", fresh(), step, batches, 8, cfg, 4, no_eval)
-  straight = da.run_training("t", tmp_path / "b", fresh(), step, batches, 8, cfg, 4, no_eval)
+  resumed = run("t", tmp_path / "a", fresh()[0], step, batches, 8, cfg, 4, no_eval)
+  straight = run("t", tmp_path / "b", fresh()[0], step, batches, 8, cfg, 4, no_eval)
   jax.tree.map(np.testing.assert_array_equal, resumed.params, straight.params)
-  log = da.read_jsonl(tmp_path / "a" / "metrics.jsonl")
+  log = agent_io.read_jsonl(tmp_path / "a" / "metrics.jsonl")
   assert [(r["kind"], r["step"]) for r in log] == [
       ("train", 2), ("train", 4), ("eval", 4), ("train", 6), ("train", 8), ("eval", 8)]
 
@@ -252,14 +255,14 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
 def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenizer):
   import jax.numpy as jnp
   import numpy as np
+  from examples import agent_data
   from examples import agent_lm as lm
-  from examples import distill_agent as da
   examples = [lm.encode_trajectory(calc.expert_trajectory(t), tokenizer)
               for t in calc.generate_tasks("train", 12, seed=1)]
-  batches = da.Batches(examples, [150, 208], batch_size=5, seed=0)
+  batches = agent_data.Batches(examples, [150, 208], batch_size=5, seed=0)
   graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
   apply = lm.make_apply(graphdef)
-  batches.attach_teacher(da.teacher_logits(apply, params, batches, chunk=4))
+  batches.attach_teacher(agent_data.teacher_logits(apply, params, batches, chunk=4))
   for step in range(3):
     b = batches.get(step)
     online = np.asarray(apply(params, jnp.asarray(b["tokens"])))
@@ -274,6 +277,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
 
 
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
+  from examples import agent_io
   from examples import distill_agent as da
   from configs import agent_distill
   cfg = agent_distill.get_config("smoke")
@@ -287,7 +291,7 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   for run in summary["runs"]:
     assert 0.0 <= run["success"] <= 1.0 and run["num_tasks"] == cfg.num_eval_tasks
     assert run["kl/reasoning"] > 0 and run["kl/action"] > 0
-  sad_log = da.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
+  sad_log = agent_io.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
   assert any("loss/reasoning" in r and "loss/action" in r for r in sad_log if r["kind"] == "train")
   table = (tmp_path / "summary.md").read_text()
   assert "| sad | 1 |" in table and "| sft | 1 |" in table

@@ -1,0 +1,188 @@
+"""The report of the agent distillation example: the union of the runs in a workdir.
+
+:func:`write_report` reads every finished run (``students/*/result.json``, each
+written by the process that trained it) and the teacher's result, and writes
+``summary.json``, ``summary.md`` (mean ± std over seeds; success per seed with
+the paired difference to token-level KD) and three PNG plots, each atomically.
+It depends only on the files, so any process -- or several, one per method --
+can rebuild it, and the last one to finish writes the union of all runs.
+"""
+from __future__ import annotations
+
+import io as _io
+import json
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from examples import agent_evaluate as evaluate
+from examples import agent_io as io
+
+METRICS = (("success", "success"), ("valid_action_rate", "valid actions"),
+           ("steps", "steps"), ("reasoning_tokens", "reasoning tokens"),
+           ("kl/reasoning", "KL reasoning"), ("kl/action", "KL action"))
+PLOTS = ("loss_per_span.png", "success_curves.png", "success.png")
+
+
+def _method_rank(order: Sequence[str]):
+  rank = {m: i for i, m in enumerate(order)}
+  return lambda m: (rank.get(m, len(rank)), m)
+
+
+def collect_runs(workdir: pathlib.Path, order: Sequence[str] = ()) -> list[dict]:
+  """Every finished student run of the workdir, sorted by seed, then method.
+
+  Methods are ordered as in ``order`` first, the others after them by name.
+  """
+  runs = [json.loads(p.read_text())
+          for p in sorted((workdir / "students").glob("*/result.json"))]
+  key = _method_rank(order)
+  return sorted(runs, key=lambda r: (r["seed"], key(r["method"])))
+
+
+def aggregate(runs: Sequence[dict], order: Sequence[str] = ()) -> dict[str, dict]:
+  """Mean and std (over seeds, ddof=0) of every metric, per method (in ``order`` first)."""
+  out = {}
+  for m in sorted({r["method"] for r in runs}, key=_method_rank(order)):
+    rows = [r for r in runs if r["method"] == m]
+    out[m] = {"seeds": [r["seed"] for r in rows]}
+    for key, _ in METRICS + (("train_seconds", ""),):
+      vals = np.asarray([r[key] for r in rows], np.float64)
+      out[m][key] = {"mean": float(vals.mean()), "std": float(vals.std())}
+  return out
+
+
+def markdown_table(summary: dict) -> str:
+  """``summary.md``: the teacher and student line, mean ± std per method, success per seed."""
+  t = summary["teacher"]
+  lines = [
+      f"Teacher: {t['params']:,} params, held-out success {t['success']:.3f} on "
+      f"{t['num_tasks']} tasks ({t['train_seconds']:.0f} s training). Student: "
+      f"{summary['student_params']:,} params ({t['params'] / summary['student_params']:.1f}x "
+      f"fewer), {summary['student_steps']} steps on {summary['distill_trajectories']} teacher "
+      "trajectories.", "",
+      "| method | seeds | " + " | ".join(label for _, label in METRICS) + " |",
+      "|---|---|" + "---|" * len(METRICS)]
+  for m, agg in summary["methods"].items():
+    cells = [f"{agg[k]['mean']:.3f} ± {agg[k]['std']:.3f}" for k, _ in METRICS]
+    lines.append(f"| {m} | {len(agg['seeds'])} | " + " | ".join(cells) + " |")
+  # Success per seed: a seed fixes the initialization and batch order for every
+  # method, so differences within a column are paired comparisons.
+  success = {(r["method"], r["seed"]): r["success"] for r in summary["runs"]}
+  seeds = sorted({r["seed"] for r in summary["runs"]})
+  paired = "token_kd" in summary["methods"]
+  lines += ["", "| success | " + " | ".join(f"seed {s}" for s in seeds)
+            + (" | − token_kd, per seed |" if paired else " |"),
+            "|---|" + "---|" * (len(seeds) + paired)]
+  for m in summary["methods"]:
+    row = [f"{success[(m, s)]:.3f}" if (m, s) in success else "–" for s in seeds]
+    if paired:
+      row.append(", ".join(f"{success[(m, s)] - success[('token_kd', s)]:+.3f}" for s in seeds
+                           if (m, s) in success and ("token_kd", s) in success)
+                 if m != "token_kd" else "")
+    lines.append(f"| {m} | " + " | ".join(row) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: pathlib.Path) -> None:
+  """``fig`` as a PNG at ``path``, atomically."""
+  buf = _io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  io.write_atomic(path, buf.getvalue())
+
+
+def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
+  """Writes :data:`PLOTS` from the runs' logs; returns their names.
+
+  ``loss_per_span.png``: training loss on reasoning and action tokens (each
+  method's lowest seed); ``success_curves.png``: held-out success and action KL
+  along training (mean ± std over a method's seeds); ``success.png``: final
+  held-out success per method against the teacher's.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  methods = summary["methods"]
+  logs = {(m, s): io.read_jsonl(io.run_dir(workdir, m, s) / "metrics.jsonl")
+          for m, agg in methods.items() for s in agg["seeds"]}
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+  for ax, span in zip(axes, evaluate.REPORT_SPANS):
+    for m, agg in methods.items():
+      seed = min(agg["seeds"])
+      recs = [r for r in logs[(m, seed)] if r["kind"] == "train" and f"loss/{span}" in r]
+      ax.plot([r["step"] for r in recs], [r[f"loss/{span}"] for r in recs],
+              label=f"{m} (seed {seed})")
+    ax.set(title=f"training loss on {span} tokens", xlabel="step", ylabel="per-token loss",
+           yscale="log")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, workdir / PLOTS[0])
+  plt.close(fig)
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for m, agg in methods.items():
+    curves = [[r for r in logs[(m, s)] if r["kind"] == "eval"] for s in agg["seeds"]]
+    n = min(len(c) for c in curves)
+    steps = [r["step"] for r in curves[0][:n]]
+    succ = np.asarray([[r["success"] for r in c[:n]] for c in curves])
+    kl = np.asarray([[r["kl/action"] for r in c[:n]] for c in curves])
+    axes[0].errorbar(steps, succ.mean(0), yerr=succ.std(0), label=m, capsize=2)
+    axes[1].errorbar(steps, kl.mean(0), yerr=kl.std(0), label=m, capsize=2)
+  axes[0].set(title="held-out success (curve tasks)", xlabel="step", ylabel="success")
+  axes[1].set(title="held-out KL(teacher || student), action tokens", xlabel="step",
+              ylabel="KL", yscale="log")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  _save(fig, workdir / PLOTS[1])
+  plt.close(fig)
+
+  names = list(methods)
+  fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+  means = [methods[m]["success"]["mean"] for m in names]
+  stds = [methods[m]["success"]["std"] for m in names]
+  ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue")
+  ax.axhline(summary["teacher"]["success"], color="gray", ls="--", label="teacher")
+  ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+  seeds = sorted({len(agg["seeds"]) for agg in methods.values()})
+  ax.set(ylabel="held-out success", ylim=(0, 1),
+         title=f"student success, mean ± std over {'/'.join(map(str, seeds))} seed(s)")
+  ax.legend()
+  fig.tight_layout()
+  _save(fig, workdir / PLOTS[2])
+  plt.close(fig)
+  return list(PLOTS)
+
+
+def write_report(workdir: pathlib.Path, *, student_steps: int, distill_stats: dict,
+                 order: Sequence[str] = (), extra: dict | None = None) -> dict:
+  """Rebuilds ``summary.{json,md}`` and the plots from the workdir's finished runs.
+
+  Args:
+    workdir: the study's workdir (``teacher/result.json`` must exist).
+    student_steps: the config's ``student.steps``.
+    distill_stats: :func:`examples.agent_data.distill_examples`' stats.
+    order: methods to list first (e.g. the invocation's ``config.methods``).
+    extra: more top-level fields of ``summary.json`` (e.g. this invocation's times).
+
+  Returns:
+    The summary (``summary.json``'s content); ``runs`` empty and no table or plot
+    written when no run has finished yet.
+  """
+  runs = collect_runs(workdir, order)
+  summary = {
+      "teacher": json.loads((workdir / "teacher" / "result.json").read_text()),
+      "student_steps": student_steps,
+      "distill_trajectories": distill_stats["trajectories"],
+      "teacher_train_success": distill_stats["teacher_train_success"],
+      "methods": aggregate(runs, order),
+      "runs": runs,
+      **(extra or {}),
+  }
+  if runs:
+    summary["student_params"] = runs[0]["params"]
+    io.write_atomic(workdir / "summary.md", markdown_table(summary))
+    summary["plots"] = plot(workdir, summary)
+  io.write_json(workdir / "summary.json", summary)
+  return summary

@@ -1,0 +1,307 @@
+"""Training of the agent distillation example: every method through one train step.
+
+* :func:`method_objective` / :func:`make_method_step`: a method name (``sft``,
+  ``token_kd``, ``sad``, ``sad_<strategy>``; the teacher trains with ``sft`` on
+  the expert's demonstrations) -> its initial state and jitted train step.
+* :func:`run_training`: the loop: resumable (orbax checkpoints of the train
+  state and the data position), logged to ``metrics.jsonl``, with periodic
+  evaluations; Ctrl-C / SIGTERM save a checkpoint first.
+* :func:`train_teacher` / :func:`train_student`: one run each, from model
+  creation to its ``result.json`` (skipped when that file exists).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from tqdm import tqdm
+
+from examples import agent_data
+from examples import agent_evaluate as evaluate
+from examples import agent_io as io
+from examples import agent_lm as lm
+from sad_jax import objective
+from sad_jax.objective import SpanType
+from sad_jax.objective import _config as sad_config
+from sad_jax.training import _step as train
+from sad_jax.training import checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+AGENT_SPANS = ml_collections.ConfigDict(dict(
+    prompt=0.0, reasoning=1.0, action=1.0, observation=0.0, other=0.0))
+
+
+def model(model_cfg, cfg, tokenizer, seed: int):
+  """``(graphdef, params)`` of a new :class:`examples.agent_lm.Transformer`: shape from
+  ``model_cfg`` (``d_model``, ``num_layers``, ``num_heads``, ``d_ff``), vocabulary from
+  the tokenizer, ``cfg.max_len`` positions."""
+  mcfg = lm.ModelConfig(vocab_size=tokenizer.get_vocab_size(), d_model=model_cfg.d_model,
+                        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
+                        d_ff=model_cfg.d_ff, max_len=cfg.max_len)
+  return lm.create_model(mcfg, seed)
+
+
+def optimizer(run_cfg) -> optax.GradientTransformation:
+  """AdamW with linear warmup over ``warmup_steps`` and cosine decay to ``steps``, global
+  gradient norm clipped at 1 (:func:`sad_jax.training.make_optimizer`)."""
+  return train.make_optimizer(dict(
+      name="adamw", learning_rate=run_cfg.learning_rate, warmup_steps=run_cfg.warmup_steps,
+      decay_steps=max(run_cfg.steps - run_cfg.warmup_steps, 1), grad_clip_norm=1.0))
+
+
+def method_objective(method: str, cfg) -> ml_collections.ConfigDict:
+  """The sad_jax objective config of a distillation method (not ``sft``).
+
+  ``token_kd``: forward KL, one uniform weight over the reasoning and action
+  tokens (``tokens`` normalization). ``sad``: ``configs/sad.py:paper``.
+  ``sad_<strategy>``: the paper objective with weighting ``<strategy>``.
+
+  Raises:
+    ValueError: an unknown method or strategy, naming the allowed ones.
+  """
+  if method == "token_kd":
+    obj = sad_config.default_config()
+    obj.normalization = "tokens"
+  elif method == "sad" or method.startswith("sad_"):
+    obj = sad_config.load_config(str(ROOT / "configs" / "sad.py") + ":paper")
+    if method != "sad":
+      strategy = method[len("sad_"):]
+      if strategy not in sad_config.WEIGHTING_STRATEGIES:
+        raise ValueError(f"unknown method {method!r}; SAD strategies: "
+                         f"{', '.join(sad_config.WEIGHTING_STRATEGIES)}")
+      obj.weighting = strategy
+      obj.curriculum.total_steps = cfg.student.steps
+  else:
+    raise ValueError(f"unknown method {method!r}; allowed: sft, token_kd, sad, sad_<strategy>")
+  obj.span_weights = AGENT_SPANS
+  obj.temperature = cfg.student.temperature
+  sad_config.validate(obj)
+  return obj
+
+
+def check_method(method: str, cfg) -> None:
+  """Raises the ValueError of :func:`method_objective` for a bad method name."""
+  if method != "sft":
+    method_objective(method, cfg)
+
+
+def make_ce_step(apply: Callable, tx: optax.GradientTransformation) -> Callable:
+  """Hard-label train step (teacher training and SFT), same state/metrics as the SAD step.
+
+  Loss: the mean cross-entropy over reasoning and action tokens
+  (:func:`sad_jax.objective.hard_label_ce`, reduced by
+  :func:`sad_jax.objective.reduce_tokens`, ``tokens`` normalization).
+  """
+
+  def loss_fn(params, batch):
+    logits = apply(params, batch["tokens"])
+    weights = jnp.where(objective.span_mask(batch["span_ids"], (SpanType.REASONING,
+                                                                SpanType.ACTION)), 1.0, 0.0)
+    ce = objective.hard_label_ce(logits, batch["labels"], where=weights > 0)
+    loss, sums, counts = objective.reduce_tokens(ce, weights, batch["span_ids"],
+                                                 normalization="tokens")
+    return loss, {"loss": (sums, counts)}
+
+  @jax.jit
+  def step(state: train.TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                 "skipped": jnp.zeros((), bool), "spans": metrics}
+
+  return step
+
+
+def make_method_step(method: str, cfg, apply: Callable, params, tx: optax.GradientTransformation,
+                     seed: int) -> tuple[train.TrainState, Callable]:
+  """``(initial train state, jitted step(state, batch) -> (state, metrics))`` of a method.
+
+  The distillation methods read the teacher from ``batch["teacher"]`` (an offline
+  teacher, :meth:`examples.agent_data.Batches.attach_teacher`).
+  """
+  if method == "sft":
+    return train.init_train_state(params, tx, {"seed": seed}), make_ce_step(apply, tx)
+  tcfg = train.resolve_config({"objective": method_objective(method, cfg), "seed": seed,
+                               "optimizer": {"learning_rate": cfg.student.learning_rate}})
+  step = jax.jit(train.make_train_step(lambda p, b: apply(p, b["tokens"]), tx, tcfg))
+  return train.init_train_state(params, tx, tcfg), step
+
+
+def run_training(name: str, run_dir: pathlib.Path, state: train.TrainState, step_fn: Callable,
+                 batches: agent_data.Batches, steps: int, cfg, eval_every: int,
+                 eval_fn: Callable[[Any], dict]) -> train.TrainState:
+  """Trains ``state`` to ``steps``, resuming from ``run_dir/ckpt``; logs to metrics.jsonl.
+
+  A checkpoint (:class:`sad_jax.training.checkpoint.Checkpointer`: the TrainState and the
+  data position) is written every ``cfg.checkpoint_every`` steps, at the end, and
+  on Ctrl-C / SIGTERM (then the interrupt propagates). Log lines past the
+  restored step (written after the last checkpoint of an interrupted run) are
+  dropped on resume, so the log always matches the checkpoint. Every
+  ``cfg.log_every`` steps a ``train`` record (:func:`sad_jax.training.summarize`
+  plus ``seconds_per_step``, evaluations excluded), every ``eval_every`` steps an
+  ``eval`` record (``eval_fn(params)``).
+  """
+  run_dir.mkdir(parents=True, exist_ok=True)
+  ckpt = checkpoint.Checkpointer(run_dir / "ckpt", every_steps=cfg.checkpoint_every, keep=2)
+  log_path = run_dir / "metrics.jsonl"
+  state, data_state = ckpt.restore_or(state, {"seed": batches.seed, "position": 0})
+  if data_state["seed"] != batches.seed:
+    raise ValueError(f"{run_dir} was trained with data seed {data_state['seed']}, this run "
+                     f"uses {batches.seed}; use another --workdir")
+  start = int(state.step)
+  if start:
+    print(f"{name}: resumed from step {start}", file=sys.stderr)
+  io.write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in io.read_jsonl(log_path)
+                                    if r["step"] <= start))
+  try:
+    with open(log_path, "a") as log, tqdm(total=steps, initial=start, desc=name) as bar:
+      t_last, step_last = time.perf_counter(), start
+      for step in range(start, steps):
+        state, metrics = step_fn(state, batches.get(step))
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == steps:
+          record = train.summarize(metrics)
+          now = time.perf_counter()
+          record.update(kind="train", step=done,
+                        seconds_per_step=(now - t_last) / (done - step_last))
+          t_last, step_last = now, done
+          bar.set_postfix(loss=f"{record['loss']:.3f}")
+          log.write(json.dumps(record) + "\n")
+          log.flush()
+        if done % eval_every == 0 or done == steps:
+          t_eval = time.perf_counter()
+          record = dict(kind="eval", step=done, **eval_fn(state.params))
+          bar.write(f"{name} step {done}: " + ", ".join(
+              f"{k}={v:.3f}" for k, v in record.items() if isinstance(v, float)))
+          log.write(json.dumps(record) + "\n")
+          log.flush()
+          t_last += time.perf_counter() - t_eval  # evaluations are not training time
+        # Batches are a function of (seed, step): the step is the data position.
+        ckpt.save(state, {"seed": batches.seed, "position": done}, force=done == steps)
+  except KeyboardInterrupt:
+    done = int(state.step)
+    if done > start and ckpt.latest_step() != done:
+      ckpt.save(state, {"seed": batches.seed, "position": done}, force=True)
+    ckpt.wait()
+    print(f"\ninterrupted: {name} has a checkpoint at step {ckpt.latest_step() or 0}; rerun "
+          "the same command to resume", file=sys.stderr)
+    raise
+  finally:
+    ckpt.close()
+  return state
+
+
+def restore_params(run_dir: pathlib.Path, state: train.TrainState):
+  """The params of the latest checkpoint of a finished run."""
+  with checkpoint.Checkpointer(run_dir / "ckpt") as ckpt:
+    return ckpt.restore(state)[0].params
+
+
+def train_seconds(run_dir: pathlib.Path) -> float:
+  """Training time (evaluations excluded) from the log's per-step timings."""
+  records = [r for r in io.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+  total, prev = 0.0, 0
+  for r in records:
+    total += r["seconds_per_step"] * (r["step"] - prev)
+    prev = r["step"]
+  return total
+
+
+def train_teacher(cfg, workdir: pathlib.Path, data: agent_data.Data):
+  """Trains (or loads) the teacher; returns ``(graphdef, params, result)``.
+
+  SFT on the expert's demonstrations; evaluated by rollouts on the held-out
+  tasks. Done once per workdir, under a lock (a second process waits for it).
+  """
+  run_dir = workdir / "teacher"
+  graphdef, params = model(cfg.teacher.model, cfg, data.tokenizer, cfg.teacher.seed)
+  tx = optimizer(cfg.teacher)
+  state, step_fn = make_method_step("sft", cfg, lm.make_apply(graphdef), params, tx,
+                                    cfg.teacher.seed)
+  result_path = run_dir / "result.json"
+  with io.locked(workdir / ".teacher.lock"):
+    if result_path.exists():
+      return graphdef, restore_params(run_dir, state), json.loads(result_path.read_text())
+    evaluator = evaluate.Evaluator(graphdef, cfg, data)
+    batches = agent_data.Batches(data.teacher_examples, io.csv_list(cfg.buckets, int),
+                                 cfg.batch_size, seed=cfg.teacher.seed)
+    state = run_training("teacher", run_dir, state, step_fn, batches, cfg.teacher.steps, cfg,
+                         cfg.teacher.eval_every,
+                         lambda p: evaluator.success(p, data.curve_tasks, "teacher curve eval"))
+    final = evaluator.success(state.params, data.eval_tasks, "teacher eval")
+    result = dict(final, params=lm.count_params(state.params),
+                  model=cfg.teacher.model.to_dict(), train_steps=cfg.teacher.steps,
+                  train_seconds=train_seconds(run_dir))
+    if final["success"] < cfg.teacher.min_success:
+      logging.warning("teacher success %.3f < %.2f: students will imitate a weak teacher",
+                      final["success"], cfg.teacher.min_success)
+    io.write_json(result_path, result)
+  return graphdef, state.params, result
+
+
+def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str, seed: int,
+                  examples, teacher_graphdef, teacher_params,
+                  teacher_cache: np.ndarray | None = None) -> dict | None:
+  """Trains and evaluates one student run; returns (and stores) its result.
+
+  Learning curves: success on ``data.curve_tasks`` and per-span KL on
+  ``data.kl_batch`` every ``cfg.student.eval_every`` steps; at the end, a rollout
+  evaluation on ``data.eval_tasks``. The result is ``run_dir/result.json``, written
+  atomically by this process alone: a run that another process is training
+  (its lock is held) is skipped, and None is returned.
+
+  ``teacher_cache``: :func:`examples.agent_data.teacher_logits` of ``examples``
+  (computed here when None and the method distills).
+  """
+  run_dir = io.run_dir(workdir, method, seed)
+  result_path = run_dir / "result.json"
+  if result_path.exists():
+    return json.loads(result_path.read_text())
+  with io.try_locked(run_dir.with_name(run_dir.name + ".lock")) as mine:
+    if not mine:
+      print(f"{method} seed {seed} is being trained by another process; skipped",
+            file=sys.stderr)
+      return None
+    if result_path.exists():  # finished by another process since the check above
+      return json.loads(result_path.read_text())
+    graphdef, params = model(cfg.student.model, cfg, data.tokenizer, seed)
+    apply = lm.make_apply(graphdef)
+    teacher_apply = lm.make_apply(teacher_graphdef)
+    tx = optimizer(cfg.student)
+    batches = agent_data.Batches(examples, io.csv_list(cfg.buckets, int), cfg.batch_size,
+                                 seed=1000 + seed)
+    state, step_fn = make_method_step(method, cfg, apply, params, tx, seed)
+    if method != "sft":
+      if teacher_cache is None:
+        teacher_cache = agent_data.teacher_logits(teacher_apply, teacher_params, batches)
+      batches.attach_teacher(teacher_cache)
+    evaluator = evaluate.Evaluator(graphdef, cfg, data)
+
+    def curve(p):
+      out = evaluator.success(p, data.curve_tasks, f"{method} curve eval")
+      kl = evaluate.span_kl(apply, p, teacher_apply, teacher_params, data.kl_batch)
+      out.update({f"kl/{k}": v for k, v in kl.items()})
+      return out
+
+    state = run_training(f"{method} seed {seed}", run_dir, state, step_fn, batches,
+                         cfg.student.steps, cfg, cfg.student.eval_every, curve)
+    final = evaluator.success(state.params, data.eval_tasks, f"{method} eval")
+    kl = evaluate.span_kl(apply, state.params, teacher_apply, teacher_params, data.kl_batch)
+    result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
+                  train_steps=cfg.student.steps, train_seconds=train_seconds(run_dir),
+                  **{f"kl/{k}": v for k, v in kl.items()})
+    io.write_json(result_path, result)
+  return result
