@@ -229,7 +229,7 @@ def test_tokenized_lengths_fit_the_example_models():
   from configs import agent_distill
   from examples import agent_lm as lm
   from examples.agent_env import calculator as calc
-  cfg = agent_distill.get_config("default")
+  cfg = agent_distill.get_config("default,env=lookup")
   tok = lm.train_tokenizer([lookup.expert_trajectory(t)
                             for t in lookup.generate_tasks("train", 600, seed=0)])
   tasks = lookup.generate_tasks("test", 300, seed=0)
@@ -243,3 +243,19 @@ def test_tokenized_lengths_fit_the_example_models():
   calc_lengths = [len(calc_tok.encode(calc.expert_trajectory(t)).ids)
                   for t in calc.generate_tasks("test", 300, seed=0)]
   assert lengths.mean() < 1.35 * np.mean(calc_lengths), (lengths.mean(), np.mean(calc_lengths))
+
+
+@pytest.mark.slow
+def test_example_pipeline_runs_on_the_lookup_env(tmp_path):
+  """The agent distillation example, ``smoke`` preset, with ``env=lookup``."""
+  from configs import agent_distill
+  from examples import agent_io
+  from examples import distill_agent as da
+  cfg = agent_distill.get_config("smoke,env=lookup")
+  assert cfg.env == "lookup" and dict(cfg.env_options) == lookup.OPTIONS
+  summary = da.run(cfg, tmp_path)
+  assert set(summary["methods"]) == {"sft", "sad"}
+  for run in summary["runs"]:
+    assert run["num_tasks"] == cfg.num_eval_tasks and run["kl/action"] > 0
+  records = agent_io.read_jsonl(tmp_path / "distill_data.jsonl")
+  assert records and all(lookup.SYSTEM_PROMPT in r["text"] for r in records)

@@ -19,7 +19,7 @@ Everything is ChatML in the layout of :mod:`examples.agent_env.base` (``train``
 task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
 
   <|im_start|>system
-  Answer the question with the lookup tool, one entity per call.<|im_end|>
+  Answer with the lookup tool, one entity per call.<|im_end|>
   <|im_start|>user
   Who is the friend of the partner of Pigo?<|im_end|>
   <|im_start|>assistant
@@ -62,7 +62,7 @@ import numpy as np
 from examples.agent_env import base
 from examples.agent_env.base import IM_END
 
-SYSTEM_PROMPT = "Answer the question with the lookup tool, one entity per call."
+SYSTEM_PROMPT = "Answer with the lookup tool, one entity per call."
 RELATIONS = ("friend", "rival", "mentor", "partner", "parent", "student", "neighbor", "sibling")
 SPLITS = ("train", "test")
 OPTIONS = {"min_hops": 2, "max_hops": 3, "facts_per_entity": 3}  # generate_tasks' options
