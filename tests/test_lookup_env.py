@@ -79,23 +79,25 @@ def test_held_out_split_is_disjoint_in_entities_and_compositions():
   train_names = set().union(*map(_names, train))
   test_names = set().union(*map(_names, test))
   assert not train_names & test_names
-  assert not any(lookup.is_held_out_name(n) for n in train_names)
-  assert all(lookup.is_held_out_name(n) for n in test_names)
+  assert not any(lookup.is_held_out_entity(n) for n in train_names)
+  assert all(lookup.is_held_out_entity(n) for n in test_names)
   assert not any(lookup.is_held_out_composition(*c) for t in train for c in _compositions(t))
   assert all(any(lookup.is_held_out_composition(*c) for c in _compositions(t)) for t in test)
   assert not set(train) & set(test)
   # What is held out is a combination: every relation at every hop and every
-  # syllable occur in both splits.
+  # digit at every position occur in both splits.
   for tasks in (train, test):
     for hop in range(3):
       assert {t.relations[hop] for t in tasks if len(t.relations) > hop} == set(lookup.RELATIONS)
-  syllables = lambda names: {n[:2].lower() for n in names} | {n[2:] for n in names}  # noqa: E731
-  assert syllables(train_names) == syllables(test_names)
+  digits = lambda names: {(i, d) for n in names for i, d in enumerate(n)}  # noqa: E731
+  assert digits(train_names) == digits(test_names) == digits(lookup.all_entities())
 
 
 def test_held_out_rules():
-  assert lookup.is_held_out_name("Tese") and not lookup.is_held_out_name("Zeda")
-  assert len(lookup.all_names()) == 4900 == len(set(lookup.all_names()))
+  assert lookup.is_held_out_entity("700") and lookup.is_held_out_entity("158")
+  assert not lookup.is_held_out_entity("643")
+  assert len(lookup.all_entities()) == 900 == len(set(lookup.all_entities()))
+  assert sum(map(lookup.is_held_out_entity, lookup.all_entities())) == 126
   held = [(a, b) for a in lookup.RELATIONS for b in lookup.RELATIONS
           if lookup.is_held_out_composition(a, b)]
   assert len(held) == 16
@@ -115,18 +117,18 @@ def test_generate_tasks_rejects_bad_options(kwargs, match):
 
 
 def test_task_validates_its_knowledge_base():
-  kb = (("Bada", (("friend", "Kolu"),)), ("Kolu", (("rival", "Bada"),)))
-  task = lookup.Task("Bada", ("friend", "rival"), kb)
-  assert task.chain() == ["Bada", "Kolu", "Bada"] and task.answer == "Bada"
-  assert task.question == "Who is the rival of the friend of Bada?"
+  kb = (("101", (("friend", "202"),)), ("202", (("rival", "101"),)))
+  task = lookup.Task("101", ("friend", "rival"), kb)
+  assert task.chain() == ["101", "202", "101"] and task.answer == "101"
+  assert task.question == "Who is the rival of the friend of 101?"
   with pytest.raises(ValueError, match="has no 'mentor' fact"):
-    lookup.Task("Bada", ("friend", "mentor"), kb)
+    lookup.Task("101", ("friend", "mentor"), kb)
   with pytest.raises(ValueError, match="targets without an entry"):
-    lookup.Task("Bada", ("friend",), (("Bada", (("friend", "Kolu"),)),))
+    lookup.Task("101", ("friend",), (("101", (("friend", "202"),)),))
   with pytest.raises(ValueError, match="relations must be"):
-    lookup.Task("Bada", ("boss",), kb)
+    lookup.Task("101", ("boss",), kb)
   with pytest.raises(ValueError, match="distinct relations"):
-    lookup.Task("Bada", ("friend",), (("Bada", (("friend", "Bada"), ("friend", "Bada"))),))
+    lookup.Task("101", ("friend",), (("101", (("friend", "101"), ("friend", "101"))),))
 
 
 # ------------------------------------------------------------- the episodes
@@ -192,8 +194,8 @@ def test_env_runs_lookups_and_checks_the_answer_itself():
   r = env.step(lookup.tool_call_text(distractor))  # a wrong but existing entity
   assert r.valid_action and not r.done
   assert lookup.entry_text(dict(task.kb)[distractor]) in r.observation
-  r = env.step(lookup.tool_call_text("Nobody"))
-  assert not r.valid_action and not r.done and "error: no entry for Nobody" in r.observation
+  r = env.step(lookup.tool_call_text("1000"))
+  assert not r.valid_action and not r.done and "error: no entry for 1000" in r.observation
   r = env.step('<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call>')
   assert not r.valid_action and "error" in r.observation
   r = env.step("<tool_call>not json</tool_call>")

@@ -2,18 +2,26 @@
 
 A task asks a bridge question in the style of HotPotQA (Yang et al. 2018,
 "HotpotQA: A Dataset for Diverse, Explainable Multi-hop Question Answering"),
-such as ``Who is the friend of the partner of Pigo?``. The agent has one tool,
+such as ``Who is the friend of the partner of 643?``. The agent has one tool,
 ``lookup``, that returns the knowledge-base entry of one entity: its
 ``relation target`` facts. To answer, it looks up the subject, reads the fact
 of the first relation, whose target is the entity to look up next, and so on:
-the name each action needs is only found in the previous observation, and each
+the entity each action needs is only found in the previous observation, and each
 entry also holds facts of other relations (distractors) that lead elsewhere. It
-ends with ``The answer is NAME.``.
+ends with ``The answer is ID.``.
 
 Every task carries its own knowledge base (HotPotQA's distractor setting: the
 gold entities plus distractor entities, all with entries), generated afresh, so
 no fact can be memorized across tasks; the observations must be read. Relations
 are plain labels: the generator obeys no real-world constraint between them.
+
+Entities are three-digit ids (``100`` to ``999``): the example's tokenizer
+writes digits one per token and never merges them with their neighbours, so an id
+is the same tokens wherever it appears, and copying it from an observation into
+the reasoning and from the reasoning into a tool call is token-for-token copying
+(as with the calculator's numbers). Written-out names (``Zelu``) merge with the
+characters around them into different tokens in each place, and the example's
+teacher did not learn to copy them (its held-out success stayed below 3%).
 
 Everything is ChatML in the layout of :mod:`examples.agent_env.base` (``train``
 task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
@@ -21,40 +29,38 @@ task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
   <|im_start|>system
   Answer with the lookup tool, one entity per call.<|im_end|>
   <|im_start|>user
-  Who is the friend of the partner of Pigo?<|im_end|>
+  Who is the friend of the partner of 643?<|im_end|>
   <|im_start|>assistant
-  <think>First, the partner of Pigo.</think>
-  <tool_call>{"name": "lookup", "arguments": {"entity": "Pigo"}}</tool_call><|im_end|>
+  <think>First, the partner of 643.</think>
+  <tool_call>{"name": "lookup", "arguments": {"entity": "643"}}</tool_call><|im_end|>
   <|im_start|>user
-  <tool_response>mentor Pola; partner Zelu; parent Zeda.</tool_response><|im_end|>
+  <tool_response>mentor 656; partner 955; parent 945.</tool_response><|im_end|>
   <|im_start|>assistant
-  <think>The partner is Zelu. Next, the friend of Zelu.</think>
-  <tool_call>{"name": "lookup", "arguments": {"entity": "Zelu"}}</tool_call><|im_end|>
+  <think>The partner is 955. Next, the friend of 955.</think>
+  <tool_call>{"name": "lookup", "arguments": {"entity": "955"}}</tool_call><|im_end|>
   <|im_start|>user
-  <tool_response>friend Zeda; student Pigo; sibling Pola.</tool_response><|im_end|>
+  <tool_response>friend 945; student 643; sibling 656.</tool_response><|im_end|>
   <|im_start|>assistant
-  <think>The friend is Zeda.</think>
-  The answer is Zeda.<|im_end|>
+  <think>The friend is 945.</think>
+  The answer is 945.<|im_end|>
 
 The expert's reasoning carries what its next action needs: the fact it picked
-out of the observation (``The partner is Zelu``) and the relation to follow
-next; the action copies the name from it.
+out of the observation (``The partner is 955``) and the relation to follow
+next; the action copies the id from it.
 
-Splits. Entity names are two consonant-vowel syllables (``Pi`` + ``go``; 4,900
-names). A name whose two vowels are equal (``Tese``, ``Kumu``; not ``Zeda``) is
-a *held-out entity*. A pair of consecutive
-relations (``relation`` then ``next relation``, indices ``i``, ``j`` in
-:data:`RELATIONS`) with ``(i + j) % 4 == 0`` is a *held-out composition* (16 of
-the 64 pairs). A ``train`` task has no held-out entity anywhere in its
-knowledge base and no held-out composition in its question; a ``test`` task
-has only held-out entities and at least one held-out composition. Every
-syllable and every relation occurs in both splits, at every hop.
+Splits. An id whose digit sum is a multiple of 7 (``700``, ``158``; 126 of the
+900 ids) is a *held-out entity*. A pair of consecutive relations (``relation``
+then ``next relation``, indices ``i``, ``j`` in :data:`RELATIONS`) with
+``(i + j) % 4 == 0`` is a *held-out composition* (16 of the 64 pairs). A
+``train`` task has no held-out entity anywhere in its knowledge base and no
+held-out composition in its question; a ``test`` task has only held-out
+entities and at least one held-out composition. Every digit at every position
+and every relation at every hop occur in both splits.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import re
 
 import numpy as np
@@ -67,14 +73,12 @@ RELATIONS = ("friend", "rival", "mentor", "partner", "parent", "student", "neigh
 SPLITS = ("train", "test")
 OPTIONS = {"min_hops": 2, "max_hops": 3, "facts_per_entity": 3}  # generate_tasks' options
 MAX_TURNS = 6  # 3 lookups + the answer need 4
-ONSETS = tuple("bdfgklmnprstvz")
-VOWELS = tuple("aeiou")
-_ANSWER = re.compile(r"The answer is ([A-Za-z]+)\.")
+_ANSWER = re.compile(r"The answer is (\d+)\.")
 
 
-def is_held_out_name(name: str) -> bool:
-  """Whether an entity name is reserved for the ``test`` split (its two vowels are equal)."""
-  return name[1] == name[3]
+def is_held_out_entity(name: str) -> bool:
+  """Whether an entity id is reserved for the ``test`` split (its digit sum is a multiple of 7)."""
+  return sum(int(d) for d in name) % 7 == 0
 
 
 def is_held_out_composition(relation: str, next_relation: str) -> bool:
@@ -86,18 +90,15 @@ def _is_held_out_path(relations: tuple[str, ...]) -> bool:
   return any(is_held_out_composition(a, b) for a, b in zip(relations, relations[1:]))
 
 
-@functools.cache
-def all_names() -> tuple[str, ...]:
-  """Every entity name, sorted: two consonant-vowel syllables, capitalized (4,900 names)."""
-  first = [o.upper() + v for o in ONSETS for v in VOWELS]
-  second = [o + v for o in ONSETS for v in VOWELS]
-  return tuple(sorted(a + b for a, b in itertools.product(first, second)))
+def all_entities() -> tuple[str, ...]:
+  """Every entity id, sorted: ``"100"`` to ``"999"``."""
+  return tuple(str(i) for i in range(100, 1000))
 
 
 @functools.cache
-def _split_names(split: str) -> np.ndarray:
+def _split_entities(split: str) -> np.ndarray:
   held = split == "test"
-  return np.asarray([n for n in all_names() if is_held_out_name(n) == held])
+  return np.asarray([n for n in all_entities() if is_held_out_entity(n) == held])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Task:
 
   @property
   def question(self) -> str:
-    """``Who is the friend of the partner of Pigo?`` (the last hop's relation first)."""
+    """``Who is the friend of the partner of 643?`` (the last hop's relation first)."""
     return "Who is " + "".join(f"the {r} of " for r in reversed(self.relations)) + \
         f"{self.subject}?"
 
@@ -201,8 +202,8 @@ def generate_tasks(split: str, n: int, seed: int, *, min_hops: int = OPTIONS["mi
   """``n`` distinct tasks of a split, a deterministic function of the arguments.
 
   Args:
-    split: ``"train"`` (no held-out name or composition) or ``"test"`` (held-out
-      names only, at least one held-out composition; needs ``max_hops >= 2``).
+    split: ``"train"`` (no held-out entity or composition) or ``"test"`` (held-out
+      entities only, at least one held-out composition; needs ``max_hops >= 2``).
     n: number of tasks.
     seed: numpy seed; the same arguments always give the same list.
     min_hops, max_hops: range of the number of lookups a task needs.
@@ -223,7 +224,7 @@ def generate_tasks(split: str, n: int, seed: int, *, min_hops: int = OPTIONS["mi
     raise ValueError(f"facts_per_entity must be in [1, {len(RELATIONS)}], "
                      f"got {facts_per_entity}")
   rng = np.random.default_rng([seed, SPLITS.index(split)])
-  names = _split_names(split)
+  names = _split_entities(split)
   held = split == "test"
   low = max(min_hops, 2) if held else min_hops
   tasks, seen = [], set()
@@ -245,7 +246,7 @@ def prompt_text(task: Task) -> str:
 
 
 def entry_text(facts: tuple[tuple[str, str], ...]) -> str:
-  """What the tool returns for an entry: ``mentor Pola; partner Zelu; parent Zeda.``"""
+  """What the tool returns for an entry: ``mentor 656; partner 955; parent 945.``"""
   return "; ".join(f"{r} {t}" for r, t in facts) + "."
 
 
@@ -283,10 +284,10 @@ class LookupEnv(base.ToolEnv):
 
   A turn with one well-formed ``lookup`` call of an entity of the task's
   knowledge base is a valid action and gets that entry back
-  (:func:`entry_text`); a malformed call or an unknown name gets an
+  (:func:`entry_text`); a malformed call or an unknown entity gets an
   ``error: ...`` observation (an invalid action; the episode goes on); a turn
   without a tool call ends the episode, successfully when it holds
-  ``The answer is NAME.`` with the right name.
+  ``The answer is ID.`` with the right id.
 
   Args:
     task: the task.
