@@ -19,9 +19,9 @@ Entities are three-digit ids (``100`` to ``999``): the example's tokenizer
 writes digits one per token and never merges them with their neighbours, so an id
 is the same tokens wherever it appears, and copying it from an observation into
 the reasoning and from the reasoning into a tool call is token-for-token copying
-(as with the calculator's numbers). Written-out names (``Zelu``) merge with the
-characters around them into different tokens in each place, and the example's
-teacher did not learn to copy them (its held-out success stayed below 3%).
+(as with the calculator's numbers). Written-out names (``Zelu``) would merge with
+the characters around them into different tokens in each place. How well the
+example's teacher learns this environment is measured in ``docs/lookup_env.md``.
 
 Everything is ChatML in the layout of :mod:`examples.agent_env.base` (``train``
 task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
