@@ -221,9 +221,7 @@ def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADSta
   per_token = values.pop("loss")
   # A non-finite teacher / student value or weight on a trained token poisons the
   # step (the guard skips it) instead of vanishing in a mask.
-  finite = jnp.isfinite(weights)
-  if stats is not None:
-    finite &= jnp.isfinite(stats["teacher_entropy"]) & jnp.isfinite(stats["student_entropy"])
+  finite = jnp.isfinite(weights) & values.pop("finite")
   bad = base & ~finite
   poisoned = _psum(jnp.sum(bad), axis_name) > 0
   loss = jnp.where(poisoned, jnp.nan, loss)
