@@ -21,6 +21,14 @@ reduced by ``config.normalization`` (:func:`reduce_tokens`):
 
 plus :math:`c_{MoE} L_{MoE}` (:func:`sad_jax.losses._regularizers.moe_load_balance`) for MoE
 students. A batch without trained tokens gives exactly 0 (and zero gradients).
+
+This is written once, in :func:`compose`. Every reduction is linear in :math:`\\ell`
+once the weights are known, ``loss = sum(c * ell)`` with the per-token coefficients of
+:func:`token_coefficients`; what touches the vocabulary (the per-token terms and the
+teacher statistics) goes through a backend (:mod:`sad_jax.backends`: dense,
+vocab-parallel, fused), so every path gives the same loss, metrics and next state. A
+non-finite student or teacher input, or a non-finite weight, on a trained token makes
+the loss non-finite (the train step's guard then skips and counts the step).
 """
 from __future__ import annotations
 
