@@ -165,3 +165,28 @@ def test_resolve_merges_mappings_without_touching_inputs():
   before = base.to_dict()
   assert config_lib.resolve(base) is base
   assert base.to_dict() == before
+
+
+def test_divergence_weight_zero_refuses_what_needs_a_teacher():
+  for overrides, match in [
+      ({"weighting": "confidence_based", "hard_label_weight": 1.0}, r"config.weighting = "
+       r"'confidence_based' is invalid; allowed: a strategy that needs no teacher"),
+      ({"adaptive_temperature": {"enabled": True}, "hard_label_weight": 1.0},
+       r"config.adaptive_temperature.enabled = True is invalid"),
+      ({}, r"config.divergence_weight = 0.0 is invalid; allowed: > 0, or a hard_label_weight"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      config_lib.resolve(dict(overrides, divergence_weight=0.0))
+  assert config_lib.resolve({"divergence_weight": 0.0, "hard_label_weight": 1.0})
+
+
+def test_one_merge_for_the_objective_and_the_training_config():
+  from sad_jax.training import _step as train
+  cfg = train.resolve_config({"float32_params": ["embed"], "objective": {"temperature": 2}})
+  assert cfg.float32_params == ("embed",) and cfg.objective.temperature == 2.0
+  with pytest.raises(ValueError, match=r"config.objective.temperature = 'hot' is invalid; "
+                                       r"allowed: a float"):
+    train.resolve_config({"objective": {"temperature": "hot"}})
+  with pytest.raises(ValueError, match=r"config.accumulation_steps = 2.5 is invalid; allowed: "
+                                       r"a value of type int"):
+    train.resolve_config({"accumulation_steps": 2.5})

@@ -353,3 +353,26 @@ def test_micro_batches_that_do_not_split_over_the_mesh_name_accumulation_steps()
                                        r"into micro-batches of 4 rows, which do not divide "
                                        r"evenly over the 8 devices .*'data': 8"):
     jax.eval_shape(step, state, _batch())
+
+
+def test_float32_params_accumulate_the_embedding_gradient_in_float32():
+  def apply(params, batch):  # activations in the compute dtype, as flax `dtype=` modules do
+    h = params["embed"][batch["tokens"]].astype(params["dense"]["kernel"].dtype)
+    return jnp.tanh(h @ params["dense"]["kernel"]) @ params["lm_head"]["kernel"]
+
+  k = jax.random.split(jax.random.key(3), 2)
+  batch = {"tokens": jnp.zeros((64, 16), jnp.int32),  # 1024 updates of one embedding row
+           "span_ids": jnp.full((64, 16), 2, jnp.int32),
+           "teacher": jax.random.normal(k[0], (64, 16, tiny_lm.VOCAB)) * 2}
+  loss = training.token_kd_loss()
+  tx = record_grads()
+  state = training.init_train_state(tiny_lm.init(k[1]), tx, loss)
+
+  def embed_grad(**cfg):
+    step = jax.jit(training.make_train_step(loss, tx, cfg, apply_fn=apply))
+    return np.asarray(step(state, batch)[0].opt_state["embed"][0], np.float64)
+
+  ref = embed_grad()
+  error = {name: np.abs(embed_grad(compute_dtype="bfloat16", **kw) - ref).max() / np.abs(ref).max()
+           for name, kw in {"bf16": {}, "kept": {"float32_params": ("embed",)}}.items()}
+  assert error["kept"] < 0.5 * error["bf16"], error

@@ -15,8 +15,10 @@ normalization, metrics, state) is backend-independent. A backend provides:
   and :math:`\sum_n c_n \ell_n` (differentiable w.r.t. the student), where
   :math:`\ell` is :meth:`Terms.combine` and :math:`c` are the reduction's per-token
   coefficients (:func:`sad_jax.objective.token_coefficients`); returns ``(total,
-  values)`` with ``values`` the per-token terms (and, when ``statistics`` is a mask,
-  the statistics computed in the same pass) under ``stop_gradient``;
+  values)`` with ``values`` the per-token terms, ``loss`` (:math:`\ell`), ``finite``
+  (bool: the token's student and teacher inputs are finite or ``-inf``) and, when
+  ``statistics`` is a mask, the statistics computed in the same pass, all under
+  ``stop_gradient``;
 * ``run(fn, *args)`` -- how the composition is invoked (directly; or in a
   ``shard_map`` over the mesh for the vocab-parallel backend).
 

@@ -101,6 +101,25 @@ def dense_statistics(student_logits: chex.Array, teacher: Any,
   return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
 
 
+def _finite_rows(x) -> jax.Array:
+  """``[...]`` bool: every entry of the row is finite or ``-inf`` (an impossible token)."""
+  x = jnp.asarray(x)
+  return jnp.all(jnp.isfinite(x) | (x == -jnp.inf), axis=-1)
+
+
+def inputs_finite(student_logits: chex.Array, teacher: Any) -> jax.Array:
+  """``[...]`` bool: the token's student logits and teacher values (dense logits or a
+  SparseTeacher's log-probabilities) are finite or ``-inf``. One read of each input; the
+  composition poisons the loss where this fails on a trained token, so a NaN cannot
+  vanish in a kernel's ``p > 0`` mask."""
+  ok = _finite_rows(jax.lax.stop_gradient(student_logits))
+  if isinstance(teacher, sparse.SparseTeacher):
+    ok &= _finite_rows(jax.lax.stop_gradient(teacher.logprobs))
+  elif teacher is not None:
+    ok &= _finite_rows(jax.lax.stop_gradient(teacher))
+  return ok
+
+
 def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
                 where: chex.Array, temperature, labels: chex.Array | None = None,
                 span_ids: chex.Array | None = None) -> dict[str, jax.Array]:
@@ -166,7 +185,7 @@ class Dense:
                          labels=labels, span_ids=span_ids)
     per_token = terms.combine(values, temperature)
     total = base.weighted_total(per_token, coefficients, where, axis_name)
-    values = dict(values, loss=per_token)
+    values = dict(values, loss=per_token, finite=inputs_finite(s, teacher))
     if statistics is not None:
       values.update(dense_statistics(s, teacher, statistics))
     return total, jax.lax.stop_gradient(values)
@@ -174,4 +193,4 @@ class Dense:
 
 DENSE = Dense()
 
-__all__ = ["DENSE", "Dense", "dense_statistics", "dense_terms"]
+__all__ = ["DENSE", "Dense", "dense_statistics", "dense_terms", "inputs_finite"]

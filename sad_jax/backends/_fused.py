@@ -407,7 +407,7 @@ class Fused:
       values = dense.dense_terms(s, t, terms, where=x["where"], temperature=temp,
                                  labels=x.get("labels"))
       per_token = terms.combine(values, temp)
-      aux = dict(values, loss=per_token)
+      aux = dict(values, loss=per_token, finite=dense.inputs_finite(s, t))
       if "stats_where" in x:
         aux.update(dense.dense_statistics(s, t, x["stats_where"]))
       return base.weighted_total(per_token, x["c"], x["where"]), aux

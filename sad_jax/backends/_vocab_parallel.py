@@ -330,7 +330,9 @@ class VocabParallel:
                                   labels=labels, span_ids=span_ids, vocab_axis=self.vocab_axis)
     per_token = terms.combine(values, temperature)
     total = base.weighted_total(per_token, coefficients, where, axis_name)
-    values = dict(values, loss=per_token)
+    finite = jax.lax.pmin(dense.inputs_finite(s, teacher).astype(jnp.int32),
+                          self.vocab_axis) > 0
+    values = dict(values, loss=per_token, finite=finite)
     if statistics is not None:
       values.update(vocab_parallel_statistics(s, teacher, statistics,
                                               vocab_axis=self.vocab_axis))

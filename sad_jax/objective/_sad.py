@@ -21,6 +21,14 @@ reduced by ``config.normalization`` (:func:`reduce_tokens`):
 
 plus :math:`c_{MoE} L_{MoE}` (:func:`sad_jax.losses._regularizers.moe_load_balance`) for MoE
 students. A batch without trained tokens gives exactly 0 (and zero gradients).
+
+This is written once, in :func:`compose`. Every reduction is linear in :math:`\\ell`
+once the weights are known, ``loss = sum(c * ell)`` with the per-token coefficients of
+:func:`token_coefficients`; what touches the vocabulary (the per-token terms and the
+teacher statistics) goes through a backend (:mod:`sad_jax.backends`: dense,
+vocab-parallel, fused), so every path gives the same loss, metrics and next state. A
+non-finite student or teacher input, or a non-finite weight, on a trained token makes
+the loss non-finite (the train step's guard then skips and counts the step).
 """
 from __future__ import annotations
 
@@ -230,9 +238,7 @@ def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADSta
   per_token = values.pop("loss")
   # A non-finite teacher / student value or weight on a trained token poisons the
   # step (the guard skips it) instead of vanishing in a mask.
-  finite = jnp.isfinite(weights)
-  if stats is not None:
-    finite &= jnp.isfinite(stats["teacher_entropy"]) & jnp.isfinite(stats["student_entropy"])
+  finite = jnp.isfinite(weights) & values.pop("finite")
   bad = base & ~finite
   poisoned = _psum(jnp.sum(bad), axis_name) > 0
   loss = jnp.where(poisoned, jnp.nan, loss)
