@@ -461,7 +461,7 @@ def test_where_shape_checked():
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.1, 1.5])
 def test_jsd_endpoints_point_to_kl(beta):
-  with pytest.raises(ValueError, match="beta.*forward_kl or reverse_kl"):
+  with pytest.raises(ValueError, match=r"beta -> 0 is forward KL.*forward_kl; beta -> 1 is reverse KL.*reverse_kl"):
     D.generalized_jsd(np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32), beta=beta)
 
 

@@ -115,11 +115,12 @@ def test_broken_tool_call_json_is_still_an_action(bpe):
 
 
 def test_sampled_text_typed_as_environment_is_relabelled_and_recorded(bpe):
-  # The student hallucinates the user's next turn: ChatML calls that text PROMPT.
+  # The student hallucinates the user's next turn: the segmentation calls that text PROMPT or OBSERVATION.
   sampled = bpe.encode(CALL + END + "\n<|im_start|>user\nParis").ids
   ep = ep_lib.episode_example(bpe.encode(PROMPT).ids, [(sampled, ())], bpe, format="chatml")
   assert set(ep.span_ids[ep.source == 1].tolist()) == {A}
-  assert any("types PROMPT" in r.reason and r.turn == 1 for r in ep.recoveries)
+  assert any(("types PROMPT" in r.reason or "types OBSERVATION" in r.reason) and r.turn == 1
+             for r in ep.recoveries)
 
 
 def test_metaspace_decoder_keeps_leading_spaces():

@@ -550,10 +550,26 @@ def _fast_dense(kernel, student_logits, teacher_logits, temperature, where):
   shape = s.shape
   groups = _row_groups(shape)
   layout = (groups, math.prod(shape[:-1]) // groups)
-  s, t = s.reshape(layout + shape[-1:]), t.reshape(layout + shape[-1:])
-  where = None if where is None else where.reshape(layout + (1,))
+  s, t = _reshape_rows(s, layout + shape[-1:]), _reshape_rows(t, layout + shape[-1:])
+  where = None if where is None else _reshape_rows(where, layout + (1,))
   temperature = jnp.asarray(temperature, _compute_dtype(s, t))
-  return kernel(s, t, where, temperature).reshape(shape[:-1])
+  return _reshape_rows(kernel(s, t, where, temperature), shape[:-1])
+
+
+def _reshape_rows(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """``x.reshape(shape)`` keeping an explicit-axes sharding of the leading axis.
+
+  Under a mesh with ``AxisType.Explicit`` axes a reshape must name its output
+  sharding; the row layouts here only split or merge axes behind the leading one, so
+  the leading axis keeps its mesh axes and the others are unsharded.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, "spec", None)
+  if not spec or all(axis is None for axis in spec):
+    return x.reshape(shape)
+  out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+      spec[0], *([None] * (len(shape) - 1))))
+  return jnp.reshape(x, shape, out_sharding=out)
 
 
 def _is_sparse(teacher) -> bool:
