@@ -181,7 +181,7 @@ def test_kv_cache_decode_matches_full_forward(tokenizer):
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
 
 
-@pytest.mark.parametrize("t", [1, 7, 50])
+@pytest.mark.parametrize("t", [1, 7, pytest.param(50, marks=pytest.mark.slow)])
 def test_query_blocks_change_no_logit(t):
   import dataclasses
   import jax
@@ -276,6 +276,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
     batches.attach_teacher(batches.teacher_logits[:, :150])
 
 
+@pytest.mark.slow  # ~1 min: the whole pipeline twice, plus a second share of the study
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   from examples import agent_io
   from examples import distill_agent as da
