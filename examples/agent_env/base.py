@@ -25,10 +25,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def distinct_tasks(n: int, draw: Callable[[], Any]) -> list:
+  """The first ``n`` distinct results of repeated ``draw()`` calls, in draw order."""
+  tasks, seen = [], set()
+  while len(tasks) < n:
+    task = draw()
+    if task not in seen:
+      seen.add(task)
+      tasks.append(task)
+  return tasks
 
 
 def prompt_text(system: str, user: str) -> str:

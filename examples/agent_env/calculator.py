@@ -121,8 +121,8 @@ def generate_tasks(split: str, n: int, seed: int, *, min_ops: int = OPTIONS["min
   values = np.arange(MIN_OPERAND, MAX_OPERAND + 1)
   allowed = values[~np.vectorize(is_held_out_number)(values)]
   held = values[np.vectorize(is_held_out_number)(values)]
-  tasks, seen = [], set()
-  while len(tasks) < n:
+
+  def draw() -> Task:
     k = int(rng.integers(min_ops, max_ops + 1))
     ops = tuple(str(o) for o in rng.choice(OPS, size=k))
     operands = [int(v) for v in rng.choice(allowed, size=k + 1)]
@@ -130,11 +130,9 @@ def generate_tasks(split: str, n: int, seed: int, *, min_ops: int = OPTIONS["min
       # At least one held-out operand, at a random place (sometimes more).
       for j in {int(rng.integers(0, k + 1)), int(rng.integers(0, k + 1))}:
         operands[j] = int(rng.choice(held))
-    task = Task(tuple(operands), ops)
-    if task not in seen:
-      seen.add(task)
-      tasks.append(task)
-  return tasks
+    return Task(tuple(operands), ops)
+
+  return base.distinct_tasks(n, draw)
 
 
 def prompt_text(task: Task) -> str:

@@ -227,17 +227,15 @@ def generate_tasks(split: str, n: int, seed: int, *, min_hops: int = OPTIONS["mi
   names = _split_entities(split)
   held = split == "test"
   low = max(min_hops, 2) if held else min_hops
-  tasks, seen = [], set()
-  while len(tasks) < n:
+
+  def draw() -> Task:
     k = int(rng.integers(low, max_hops + 1))
     relations = tuple(str(r) for r in rng.choice(RELATIONS, size=k))
     while _is_held_out_path(relations) != held:  # k first: both splits share its law
       relations = tuple(str(r) for r in rng.choice(RELATIONS, size=k))
-    task = _make_task(rng, names, relations, facts_per_entity)
-    if task not in seen:
-      seen.add(task)
-      tasks.append(task)
-  return tasks
+    return _make_task(rng, names, relations, facts_per_entity)
+
+  return base.distinct_tasks(n, draw)
 
 
 def prompt_text(task: Task) -> str:
