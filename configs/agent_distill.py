@@ -37,6 +37,50 @@ Methods (``config.methods``):
 * ``sad_<strategy>`` -- the paper objective with the weighting strategy
   ``<strategy>`` (``reasoning_heavy``, ``action_heavy``, ``adaptive``,
   ``curriculum``, ``confidence_based``, ``difficulty_aware``).
+
+On-policy methods (:class:`sad_jax.training.OnPolicy`, GKD; Agarwal et al., ICLR
+2024, arXiv:2306.13649): the student trains on its own episodes, sampled in the
+environment and scored token by token by the online teacher; only its own
+reasoning and action tokens train (observations and prompt masked). Each starts
+from an off-policy init run (below) and trains the remaining steps to
+``student.steps``, so every student takes the same number of optimizer steps.
+
+* ``on_policy_kd`` -- token-level: one uniform weight over the student's
+  reasoning and action tokens, ``tokens`` normalization.
+* ``on_policy_sad`` -- span-aware: the SAD ``paper`` objective (a separate mean
+  over the reasoning and the action tokens).
+* ``on_policy_sad_turns`` -- ``on_policy_sad`` with the turn rule
+  ``on_policy.turns`` (default ``balanced``: TurnOPD, Zhou et al.,
+  arXiv:2607.05804, every turn the same total weight). In these episodes the turn
+  that decides success, the final answer, and each tool call are a few tokens
+  next to the reasoning of the turn, and the reasoning length varies by turn, so
+  token-level weight lets the long turns dominate; the balanced rule gives each
+  decision its share, reads no teacher statistics (every backend) and is
+  deterministic.
+
+``config.on_policy`` fields:
+
+* ``init_method``, ``init_steps`` -- the off-policy init: ``init_method`` (an
+  off-policy method) trains ``init_steps`` steps once per seed
+  (``WORKDIR/on_policy_init/``), exactly as that method's own run starts; the
+  on-policy methods of the seed continue from its train state (optimizer and
+  learning-rate schedule included) for ``student.steps - init_steps`` steps.
+* ``mixture`` -- GKD's λ: the fraction of steps on the student's
+  episodes; the others train on the teacher's trajectories (the off-policy
+  students' data) with the same loss and online teacher.
+* ``divergence`` -- of the teacher and student distributions (``reverse_kl``,
+  the mode-seeking choice of on-policy distillation; any
+  :data:`sad_jax.losses.DIVERGENCES` name).
+* ``sampling_temperature`` -- the temperature the student samples its episodes at.
+* ``rollout_every``, ``pool_size`` -- every ``rollout_every`` steps (at the first
+  on-policy step of the window) the current student rolls out ``pool_size``
+  fresh training-split tasks (tasks and sampling key a function of the data
+  seed, the run seed and the refresh index); the window's on-policy batches are
+  drawn from that pool (``students/METHOD-seedS/pools/pool-RRRRR.npz``, stored
+  before use so a resumed run reuses it).
+* ``teacher_top_k`` -- 0: the dense online teacher; ``K``: its top-``K`` on the fly.
+* ``turns`` -- the turn rule of ``on_policy_sad_turns``
+  (:func:`sad_jax.training.on_policy_config`'s ``turns`` fields).
 """
 from __future__ import annotations
 
@@ -48,6 +92,7 @@ PRESETS = ("smoke", "default", "study")
 SAD_STRATEGIES = ("reasoning_heavy", "action_heavy", "adaptive", "curriculum",
                   "confidence_based", "difficulty_aware")
 ALL_METHODS = ("sft", "token_kd", "sad") + tuple(f"sad_{s}" for s in SAD_STRATEGIES)
+ON_POLICY_METHODS = ("on_policy_kd", "on_policy_sad", "on_policy_sad_turns")
 
 
 def _model(d_model, num_layers, num_heads, d_ff):
@@ -116,6 +161,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.methods = "sft,token_kd,sad"
   c.seeds = "0"
 
+  # ---- on-policy methods (see the module docstring); kept apart from the presets above.
+  c.on_policy = ml_collections.ConfigDict(dict(
+      init_method="token_kd", init_steps=200, mixture=0.5, divergence="reverse_kl",
+      sampling_temperature=1.0, rollout_every=50, pool_size=256, teacher_top_k=0,
+      turns=ml_collections.ConfigDict(dict(rule="balanced", mix=1.0, mix_steps=0))))
+  if preset == "smoke":
+    c.on_policy.init_steps = 10
+    c.on_policy.rollout_every = 5
+    c.on_policy.pool_size = 8
+
   if preset == "smoke":
     c.num_train_tasks = 300
     c.num_distill_tasks = 64
@@ -135,7 +190,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.model = _model(16, 1, 2, 32)
     c.student.steps = 20
     c.student.eval_every = 20
-    c.methods = "sft,sad"
+    c.methods = "sft,sad," + ",".join(ON_POLICY_METHODS)
   elif preset == "study":
     c.methods = ",".join(ALL_METHODS)
     c.seeds = "0,1,2"

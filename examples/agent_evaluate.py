@@ -1,7 +1,8 @@
 """Evaluation of the agent distillation example: rollouts, success, per-span KL.
 
-* :class:`Evaluator`: greedy rollouts of one model in the environment
-  (:class:`examples.agent_lm.ModelPolicy`; its decode step compiled once) and
+* :class:`Evaluator`: rollouts of one model in the environment, greedy or
+  sampling (:class:`examples.agent_lm.ModelPolicy`; its decode step compiled once
+  per temperature) and
   their statistics (:func:`episode_stats`: success -- the environment's verdict --,
   valid-action rate, turns, reasoning tokens).
 * :func:`span_kl`: mean KL(teacher || student) at T = 1 per span type over
@@ -96,13 +97,24 @@ class Evaluator:
     self.graphdef = graphdef
     self.cfg = cfg
     self.data = data
-    self.step_fn = lm.make_decode_step(graphdef)
+    self._steps = {None: lm.make_decode_step(graphdef)}
 
-  def rollouts(self, params, tasks: Sequence, desc: str):
-    """One greedy episode per task (in order)."""
-    policy = lm.ModelPolicy(self.graphdef, params, self.data.tokenizer,
-                            batch_size=self.cfg.rollout_batch,
-                            max_turn_tokens=self.cfg.max_turn_tokens, step_fn=self.step_fn)
+  def policy(self, params, temperature: float | None = None,
+             key: jax.Array | None = None) -> lm.ModelPolicy:
+    """A :class:`examples.agent_lm.ModelPolicy` of ``params``: greedy, or sampling at
+    ``temperature`` with ``key`` (one compiled decode step per temperature)."""
+    temperature = temperature or None
+    if temperature not in self._steps:
+      self._steps[temperature] = lm.make_decode_step(self.graphdef, temperature)
+    return lm.ModelPolicy(self.graphdef, params, self.data.tokenizer,
+                          batch_size=self.cfg.rollout_batch,
+                          max_turn_tokens=self.cfg.max_turn_tokens,
+                          step_fn=self._steps[temperature], temperature=temperature, key=key)
+
+  def rollouts(self, params, tasks: Sequence, desc: str, policy: lm.ModelPolicy | None = None):
+    """One episode per task (in order); greedy unless a ``policy`` of :meth:`policy`
+    is given (its :attr:`~examples.agent_lm.ModelPolicy.rollouts` then hold the ids)."""
+    policy = policy or self.policy(params)
     with tqdm(total=len(tasks), desc=desc, leave=False) as bar:
       return lm.evaluate_policy(lambda: policy, tasks, env=self.data.env,
                                 batch_size=self.cfg.rollout_batch,

@@ -7,9 +7,11 @@
 * :class:`Transformer`: a Flax NNX decoder-only transformer (pre-LayerNorm,
   ReLU MLP, learned positions, tied input/output embeddings) with a full-sequence
   ``__call__`` for training and a one-token ``decode`` step over a KV cache.
-* :class:`ModelPolicy`: a batched greedy agent policy for
-  :func:`examples.agent_env.rollout`; every episode keeps its own KV cache, so a
-  turn only processes the new tokens (the observation) instead of the prefix.
+* :class:`ModelPolicy`: a batched agent policy for
+  :func:`examples.agent_env.rollout`, greedy or sampling at a temperature; every
+  episode keeps its own KV cache, so a turn only processes the new tokens (the
+  observation) instead of the prefix; each episode's ids are recorded as
+  sampled / inserted (:class:`Rollout`), the input of on-policy distillation.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from sad_jax.data import episodes
 from sad_jax.data import trajectories as tj
 from sad_jax.objective._spans import SpanType
 
@@ -217,23 +220,55 @@ def make_apply(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.A
   return apply
 
 
-def make_decode_step(graphdef: nnx.GraphDef):
-  """Jitted greedy step ``(params, cache, tokens [B], pos [B]) -> (next ids [B], cache)``.
+def make_decode_step(graphdef: nnx.GraphDef, temperature: float | None = None):
+  """Jitted step ``(params, cache, tokens [B], pos [B], key, count) -> (next ids [B], cache)``.
+
+  ``temperature`` None or 0: greedy (``argmax``; ``key`` and ``count`` are unused).
+  Otherwise each row's next id is sampled from ``softmax(logits / temperature)``
+  with the key ``fold_in(key, count)`` (``count``: the decoding step's number, so a
+  rollout's samples are a function of its key and its schedule of steps).
 
   The cache is donated (updated in place): do not reuse the cache passed in.
   """
+  if temperature is not None and not temperature >= 0:
+    raise ValueError(f"temperature must be None or >= 0, got {temperature!r}")
+
   @functools.partial(jax.jit, donate_argnums=1)
-  def step(params, cache, tokens, pos):
+  def step(params, cache, tokens, pos, key, count):
     logits, cache = nnx.merge(graphdef, params).decode(tokens, pos, cache)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+    if not temperature:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+    ids = jax.random.categorical(jax.random.fold_in(key, count), logits / temperature, axis=-1)
+    return ids.astype(jnp.int32), cache
   return step
 
 
 # -------------------------------------------------------------------- policy
 
 
+@dataclasses.dataclass
+class Rollout:
+  """The token ids of one episode as the policy saw and wrote them.
+
+  Attributes:
+    prompt_ids: the ids of the task prompt (fed before the first turn).
+    turns: one :class:`sad_jax.data.episodes.Turn` per assistant turn: the ids the
+      model sampled (its closing ``<|im_end|>`` included), then the ids inserted
+      after them (a cut turn's appended ``<|im_end|>``, the observation with the
+      next header), ``truncated`` for a turn cut at the token or context limit.
+  """
+  prompt_ids: list[int] = dataclasses.field(default_factory=list)
+  turns: list[episodes.Turn] = dataclasses.field(default_factory=list)
+
+  def example(self, tokenizer: Tokenizer) -> episodes.Episode:
+    """The span-labelled example (:func:`sad_jax.data.episodes.episode_example`, ChatML):
+    span ids on the ids that were sampled, never on a re-tokenization of the text."""
+    return episodes.episode_example(self.prompt_ids, self.turns, decoder=tokenizer,
+                                    format="chatml")
+
+
 class ModelPolicy:
-  """Greedy batched agent policy over a KV cache (see :mod:`examples.agent_env.loop`).
+  """Batched agent policy over a KV cache (see :mod:`examples.agent_env.loop`).
 
   Every step feeds one token per episode: the next token of the text the
   environment appended (prompt or observation) while there is one, else the
@@ -243,24 +278,40 @@ class ModelPolicy:
   episode whose next observation does not fit gets an empty turn (which ends it
   as a failure in the environment).
 
+  Greedy by default; with a ``temperature`` > 0 the next ids are sampled (keys
+  from ``key``, see :func:`make_decode_step`). Either way :attr:`rollouts` records
+  each episode's ids (one :class:`Rollout` per episode, in the order of the
+  ``begin`` calls).
+
   Args:
     graphdef, params: the model (``nnx.split``).
     tokenizer: its tokenizer.
     batch_size: the cache's batch size (episodes per rollout at most).
     max_turn_tokens: generation limit per turn.
+    step_fn: a :func:`make_decode_step` of the model at this temperature (to share
+      one compilation); default a new one.
+    temperature: None or 0: greedy; > 0: the sampling temperature.
+    key: the PRNG key of the samples (required when sampling).
   """
 
   def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, tokenizer: Tokenizer, *,
-               batch_size: int, max_turn_tokens: int = 64, step_fn=None):
+               batch_size: int, max_turn_tokens: int = 64, step_fn=None,
+               temperature: float | None = None, key: jax.Array | None = None):
+    if temperature and key is None:
+      raise ValueError(f"temperature={temperature} samples: give a PRNG key")
     self._model_cfg: ModelConfig = nnx.merge(graphdef, params).cfg
     self._graphdef, self._params, self._tok = graphdef, params, tokenizer
-    self._step = step_fn or make_decode_step(graphdef)
+    self._step = step_fn or make_decode_step(graphdef, temperature)
+    self._key = jax.random.key(0) if key is None else key
+    self._count = 0
     self._batch = batch_size
     self._max_turn = max_turn_tokens
     self._im_end = tokenizer.token_to_id(IM_END)
     self._cache = None
     self._pos = np.zeros(batch_size, np.int32)
     self._carry: list[list[int]] = []
+    self._records: list[Rollout] = []
+    self.rollouts: list[Rollout] = []
     self.tokens_generated = 0
 
   def begin(self, n: int) -> None:
@@ -269,15 +320,21 @@ class ModelPolicy:
     self._cache = nnx.merge(self._graphdef, self._params).init_cache(self._batch)
     self._pos[:] = 0
     self._carry = [[] for _ in range(n)]
+    self._records = [Rollout() for _ in range(n)]
+    self.rollouts += self._records
 
   def act(self, feeds: dict[int, str]) -> dict[int, str]:
     max_len = self._model_cfg.max_len
     pending = {}
     out: dict[int, str] = {}
     for i, text in feeds.items():
-      ids = self._carry[i] + self._tok.encode(text).ids
+      fed = self._tok.encode(text).ids
+      record = self._records[i]
+      (record.turns[-1].inserted if record.turns else record.prompt_ids).extend(fed)
+      ids = self._carry[i] + fed
       if self._pos[i] + len(ids) >= max_len:
         out[i] = ""  # the context is full: no room for the observation
+        record.turns.append(episodes.Turn([], [self._im_end], truncated=True))
       else:
         pending[i] = collections.deque(ids)
     generated = {i: [] for i in pending}
@@ -290,7 +347,9 @@ class ModelPolicy:
         else:
           tokens[i] = generated[i][-1]
       next_ids, self._cache = self._step(self._params, self._cache, jnp.asarray(tokens),
-                                         jnp.asarray(self._pos))
+                                         jnp.asarray(self._pos), self._key,
+                                         np.int32(self._count))
+      self._count += 1
       next_ids = np.asarray(next_ids)
       for i in list(running):
         self._pos[i] += 1
@@ -300,11 +359,14 @@ class ModelPolicy:
         if y == self._im_end:
           running.discard(i)
           self._carry[i] = [self._im_end]
+          self._records[i].turns.append(episodes.Turn(generated[i] + [y], []))
         else:
           generated[i].append(y)
           if len(generated[i]) >= self._max_turn or self._pos[i] >= max_len - 1:
             running.discard(i)  # cut: the last generated token is not in the cache yet
             self._carry[i] = [y, self._im_end]
+            self._records[i].turns.append(
+                episodes.Turn(list(generated[i]), [self._im_end], truncated=True))
     for i, ids in generated.items():
       self.tokens_generated += len(ids)
       out[i] = self._tok.decode(ids, skip_special_tokens=False) + IM_END
