@@ -13,14 +13,16 @@ select the environment here rather than with ``--config.env``.
 Presets:
 
 * ``smoke`` -- tiny models, a few dozen steps, a handful of evaluation tasks;
-  checks the whole pipeline (used by the test suite). Success is meaningless.
+  checks the whole pipeline, the on-policy methods included (used by the test
+  suite). Success is meaningless.
 * ``default`` -- the README command: data, tokenizer, a 0.49M-parameter teacher
   (30000 demonstrations, 3250 steps: 91.7% held-out success when measured), then a
   5.4x smaller student distilled with SFT, token-level KD and SAD (one seed, 1000
   steps each), each evaluated on 1000 held-out tasks. 13 min 52 s from scratch on
   the 2-core CPU when measured (README, "End-to-end agent distillation").
-* ``study`` -- the method comparison: every method (SFT, token-level KD, SAD
-  ``paper`` and the other SAD weighting strategies) x 3 seeds, the ``default``
+* ``study`` -- the method comparison: every off-policy method (SFT, token-level
+  KD, SAD ``paper`` and the other SAD weighting strategies; add the on-policy
+  ones with ``--config.methods``) x 3 seeds, the ``default``
   teacher trained 3500 steps, students trained for 2000 steps (at 1000, one seed
   in three had not made its late jump in success with any method; at 2000 the
   curves are flat), learning curves, 1000 held-out tasks per run: 27 runs

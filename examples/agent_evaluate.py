@@ -85,7 +85,7 @@ def episode_stats(episodes, tokenizer: Tokenizer) -> dict[str, float]:
 
 
 class Evaluator:
-  """Rollout evaluation of one model architecture (its decode step is compiled once).
+  """Rollouts of one model architecture (its decode step compiled once per temperature).
 
   Args:
     graphdef: the model's ``nnx`` graph definition.

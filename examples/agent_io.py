@@ -6,7 +6,10 @@ Layout (every file is written atomically, by one process)::
   WORKDIR/tokenizer.json           the byte-level BPE
   WORKDIR/teacher/                 ckpt/, metrics.jsonl, result.json
   WORKDIR/distill_data.jsonl       the teacher's rollouts on training tasks
-  WORKDIR/students/METHOD-seedS/   ckpt/, metrics.jsonl, result.json (one run)
+  WORKDIR/students/METHOD-seedS/   ckpt/, metrics.jsonl, result.json (one run;
+                                   an on-policy run adds pools/pool-RRRRR.npz)
+  WORKDIR/on_policy_init/METHOD-seedS/  ckpt/, metrics.jsonl: the off-policy start
+                                   of a seed's on-policy runs
   WORKDIR/summary.{json,md}, *.png the report: the union of the runs that exist
   WORKDIR/.*.lock, students/*.lock  the (empty) lock files of the phases and runs
 

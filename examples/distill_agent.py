@@ -25,7 +25,10 @@ a checkpoint first, a hard kill loses at most ``checkpoint_every`` steps):
    same train step, the distillation methods from the teacher's logits computed
    once over the students' data (an offline teacher). Learning curves every
    ``eval_every`` steps; at the end a rollout evaluation on ``num_eval_tasks``
-   held-out tasks, stored in the run's ``result.json``.
+   held-out tasks, stored in the run's ``result.json``. The on-policy methods
+   (``on_policy_*``, :mod:`examples.agent_on_policy`) start from an off-policy
+   init run of the seed (``on_policy_init/``) and train on the student's own
+   sampled episodes, scored by the online teacher.
 5. **Report** (:mod:`examples.agent_report`): ``summary.json``, ``summary.md``
    and PNG plots over every run the workdir holds.
 

@@ -276,7 +276,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
     batches.attach_teacher(batches.teacher_logits[:, :150])
 
 
-@pytest.mark.slow  # ~1 min: the whole pipeline twice, plus a second share of the study
+@pytest.mark.slow  # ~4 min: the whole pipeline twice, plus a second share of the study
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   from examples import agent_io
   from examples import distill_agent as da
@@ -287,15 +287,32 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
                "loss_per_span.png", "success_curves.png", "success.png",
                "teacher/result.json", "teacher/metrics.jsonl"):
     assert (tmp_path / name).is_file(), name
-  assert set(summary["methods"]) == {"sft", "sad"}
+  on_policy = {"on_policy_kd", "on_policy_sad", "on_policy_sad_turns"}
+  assert set(summary["methods"]) == {"sft", "sad"} | on_policy
   assert summary["teacher"]["params"] >= 4 * summary["student_params"]
   for run in summary["runs"]:
     assert 0.0 <= run["success"] <= 1.0 and run["num_tasks"] == cfg.num_eval_tasks
     assert run["kl/reasoning"] > 0 and run["kl/action"] > 0
   sad_log = agent_io.read_jsonl(tmp_path / "students" / "sad-seed0" / "metrics.jsonl")
   assert any("loss/reasoning" in r and "loss/action" in r for r in sad_log if r["kind"] == "train")
+  # The on-policy students: one off-policy init run for the seed, shared; each run
+  # trained the remaining steps on its own pools, logged with the pool's statistics.
+  assert [p.name for p in (tmp_path / "on_policy_init").iterdir() if p.is_dir()] == [
+      "token_kd-seed0"]
+  for run in (r for r in summary["runs"] if r["method"] in on_policy):
+    assert run["init_steps"] == cfg.on_policy.init_steps and run["init_method"] == "token_kd"
+    assert run["train_steps"] == cfg.student.steps and run["pools"] >= 1
+    assert 0.0 <= run["on_policy_success"] <= 1.0 and run["rollout_seconds"] > 0
+    run_dir = tmp_path / "students" / f"{run['method']}-seed0"
+    assert len(list((run_dir / "pools").glob("pool-*.npz"))) == run["pools"]
+    log = agent_io.read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in log if r["kind"] == "train"]
+    assert train[0]["step"] == cfg.on_policy.init_steps + cfg.log_every
+    assert all("on_policy/success" in r and "on_policy/rollout_seconds" in r
+               and "divergence/action" in r for r in train)
   table = (tmp_path / "summary.md").read_text()
   assert "| sad | 1 |" in table and "| sft | 1 |" in table
+  assert all(f"| {m} | 1 |" in table for m in on_policy)
   assert "| success | seed 0 |" in table and "− token_kd" not in table  # no KD run to pair
   # A second invocation finds every phase done and only rewrites the report.
   mtimes = {p: p.stat().st_mtime for p in tmp_path.rglob("result.json")}
@@ -308,7 +325,8 @@ def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   share = agent_distill.get_config("smoke")
   share.methods = "token_kd"
   union = da.run(share, tmp_path)
-  assert list(union["methods"]) == ["token_kd", "sad", "sft"]  # the others by name
+  assert list(union["methods"]) == ["token_kd", "on_policy_kd", "on_policy_sad",
+                                    "on_policy_sad_turns", "sad", "sft"]  # the others by name
   by_method = lambda runs: sorted(runs, key=lambda r: r["method"])
   assert by_method(r for r in union["runs"] if r["method"] != "token_kd") == by_method(
       summary["runs"])

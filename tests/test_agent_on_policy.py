@@ -174,7 +174,7 @@ def test_on_policy_method_configs(tokenizer):
     agent_train.method_loss("on_policy_sad", cfg)
 
 
-@pytest.mark.slow  # ~75 s on the shared 2-core CPU: three short runs with rollouts, one compilation per batch shape
+@pytest.mark.slow  # ~75 s on the shared 2-core CPU: three short runs with rollouts
 def test_resume_mid_on_policy_phase_is_exact(tmp_path, tokenizer):
   """N steps straight vs. k steps, an interrupt, and a resume to N: the same params,
   and the resumed run reloads the stored pools instead of sampling them again."""
