@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -347,7 +348,7 @@ def _on_policy_run(method: str, cfg, workdir, data, seed: int, run_dir, apply, p
   forward = jax.jit(teacher_apply)
 
   def teacher_seconds(batch) -> float:
-    tokens = jax.numpy.asarray(batch["tokens"])
+    tokens = jnp.asarray(batch["tokens"])
     jax.block_until_ready(forward(teacher_params, tokens))  # compiled outside the timing
     t0 = time.perf_counter()
     jax.block_until_ready(forward(teacher_params, tokens))

@@ -276,7 +276,7 @@ def test_offline_teacher_logits_equal_the_online_teacher_on_every_batch(tokenize
     batches.attach_teacher(batches.teacher_logits[:, :150])
 
 
-@pytest.mark.slow  # ~4 min: the whole pipeline twice, plus a second share of the study
+@pytest.mark.slow  # ~4-6 min: the pipeline twice (on-policy runs included), a second share
 def test_smoke_preset_end_to_end_and_rerun_reuses_everything(tmp_path):
   from examples import agent_io
   from examples import distill_agent as da
