@@ -79,7 +79,8 @@ from an off-policy init run (below) and trains the remaining steps to
   fresh training-split tasks (tasks and sampling key a function of the data
   seed, the run seed and the refresh index); the window's on-policy batches are
   drawn from that pool (``students/METHOD-seedS/pools/pool-RRRRR.npz``, stored
-  before use so a resumed run reuses it).
+  before use so a resumed run reuses it). A pool of ``rollout_batch`` episodes
+  (the default) is one batched rollout.
 * ``teacher_top_k`` -- 0: the dense online teacher; ``K``: its top-``K`` on the fly.
 * ``turns`` -- the turn rule of ``on_policy_sad_turns``
   (:func:`sad_jax.training.on_policy_config`'s ``turns`` fields).
@@ -166,7 +167,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ---- on-policy methods (see the module docstring); kept apart from the presets above.
   c.on_policy = ml_collections.ConfigDict(dict(
       init_method="token_kd", init_steps=200, mixture=0.5, divergence="reverse_kl",
-      sampling_temperature=1.0, rollout_every=50, pool_size=256, teacher_top_k=0,
+      sampling_temperature=1.0, rollout_every=50, pool_size=250, teacher_top_k=0,
       turns=ml_collections.ConfigDict(dict(rule="balanced", mix=1.0, mix_steps=0))))
   if preset == "smoke":
     c.on_policy.init_steps = 10
