@@ -278,20 +278,22 @@ def _row_groups(shape: tuple[int, ...]) -> int:
   return max(1, math.gcd(lead, jax.device_count()))
 
 
-def _row_block(rows: int, vocab: int) -> int:
-  """Rows per block along ``m``: ``rb * vocab <= BLOCK_ELEMENTS``, blocks balanced.
+def _row_block(rows: int, vocab: int, elements: int | None = None) -> int:
+  """Rows per block along ``m``: ``rb * vocab <= elements`` (default
+  ``BLOCK_ELEMENTS``), blocks balanced.
 
   ``ceil(rows / rb)`` blocks of equal size; the last block is shifted back to end
   at ``rows`` (:func:`_map_row_blocks`), so any row count works (no divisor needed).
   """
-  target = max(1, BLOCK_ELEMENTS // max(vocab, 1))
+  elements = BLOCK_ELEMENTS if elements is None else elements
+  target = max(1, elements // max(vocab, 1))
   if rows <= target:
     return rows
   count = -(-rows // target)
   return -(-rows // count)
 
 
-def _map_row_blocks(fn, args):
+def _map_row_blocks(fn, args, shrink: int = 1):
   """Applies the row-wise ``fn`` to blocks of ``args`` along axis 1, re-joined.
 
   Args:
@@ -299,6 +301,8 @@ def _map_row_blocks(fn, args):
       arrays, each row independently of the others.
     args: pytree of ``[a, m, ...]`` arrays (``None`` leaves allowed); the first
       leaf is the ``[a, m, V]`` logits that set the block size (:func:`_row_block`).
+    shrink: blocks of ``BLOCK_ELEMENTS // shrink`` elements, for an ``fn`` that holds
+      that many times more block-sized intermediates (the statistics).
 
   Returns:
     The pytree of ``[a, m, ...]`` outputs. Block ``i`` starts at
@@ -307,7 +311,7 @@ def _map_row_blocks(fn, args):
   """
   first = jax.tree.leaves(args)[0]
   rows = first.shape[1]
-  block = _row_block(rows, first.shape[-1])
+  block = _row_block(rows, first.shape[-1], BLOCK_ELEMENTS // shrink)
   if block >= rows:
     return fn(*args)
   count = -(-rows // block)
@@ -383,6 +387,11 @@ def _tv_rows(a: _Parts, b: _Parts) -> jax.Array:
   return 0.5 * jnp.sum(jnp.abs(a.e * (1.0 / a.z) - b.e * (1.0 / b.z)), axis=-1,
                        keepdims=True)
 
+
+STATISTICS_SHRINK = 4
+"""Blocks computing the statistics hold about this many times more block-sized
+intermediates, so they take ``BLOCK_ELEMENTS // STATISTICS_SHRINK`` elements (kept in
+cache; ``benchmarks/divergence_speed.py --sad-loss`` times the effect)."""
 
 STATISTICS = ("teacher_entropy", "student_entropy", "kl_t1", "agreement", "total_variation")
 """The per-token teacher / student statistics at :math:`T = 1` (see :func:`statistics`)."""
@@ -507,7 +516,8 @@ def _fused_kernel(rows_fwd, rows_bwd):
     def run(shared):
       def go():
         value, aux, stats = _map_row_blocks(
-            lambda *xs: block_fwd(*xs, inv_t, shared), (s, t, where, stats_where))
+            lambda *xs: block_fwd(*xs, inv_t, shared), (s, t, where, stats_where),
+            1 if stats_where is None else STATISTICS_SHRINK)
         return (value[..., 0], {k: v[..., 0] for k, v in aux.items()}), stats
       return go
 
@@ -687,7 +697,7 @@ def statistics(student_logits: chex.Array, teacher_logits: chex.Array,
 
   stats, finite = _map_row_blocks(block, (_layout(s, tokens, s.shape[-1]),
                                           _layout(t, tokens, s.shape[-1]),
-                                          _layout(where, tokens, 1)))
+                                          _layout(where, tokens, 1)), STATISTICS_SHRINK)
   return ({k: _reshape_rows(v, tokens) for k, v in stats.items()},
           _reshape_rows(finite, tokens))
 
