@@ -397,27 +397,32 @@ STATISTICS = ("teacher_entropy", "student_entropy", "kl_t1", "agreement", "total
 """The per-token teacher / student statistics at :math:`T = 1` (see :func:`statistics`)."""
 
 
-def _first_argmax(x: jax.Array) -> jax.Array:
-  """``jnp.argmax(x, axis=-1)`` (the first index of the maximum) of finite rows, keepdims.
+def _agreement(s: jax.Array, t: jax.Array) -> jax.Array:
+  """``[a, rb, 1]``: ``argmax(s) == argmax(t)`` (first indices of the row maxima), as 0 / 1.
 
-  Arithmetic only, which XLA vectorizes (its variadic argmax reduction and
-  compare-selects are many times slower on CPU): the minimum over ``i`` of
-  ``i + V * min((max - x_i) * 2^126, 1)``, where the second term is 0 exactly at the
-  maxima (a difference of normal floats, at least ``2^-126``, times ``2^126`` is at
-  least 1; logits that differ by less, below ``1.2e-38``, tie). NaN on a row with a NaN
-  or ``+inf`` logit, or with only ``-inf``; a float index, exact below ``2^24``.
+  One min-reduction, of arithmetic only (XLA vectorizes it; its variadic argmax
+  reduction and compare-selects are many times slower on CPU). With
+  ``o_i = min((max - x_i) * 2^126, 1)``, 0 exactly at the row's maxima (a difference of
+  normal floats, at least ``2^-126``, times ``2^126`` is at least 1; logits closer than
+  ``1.2e-38`` tie), the minimum over ``i`` of
+  ``i + V o^s_i o^t_i + (o^s_i + o^t_i) / 4`` sits at the first index ``k`` that is a
+  maximum of either row; the two argmaxes agree exactly when ``k`` is a maximum of
+  both, i.e. when the minimum is the integer ``k`` (exact in floating point below
+  ``2^21`` entries). 0 on a row with a NaN, or with only ``-inf``.
   """
-  m = jnp.max(x, axis=-1, keepdims=True)
-  index = jax.lax.broadcasted_iota(x.dtype, x.shape, x.ndim - 1)
-  off = jnp.minimum((m - x) * 2.0 ** 126, 1.0)
-  return jnp.min(index + off * x.shape[-1], axis=-1, keepdims=True)
+  def off(x):
+    return jnp.minimum((jnp.max(x, axis=-1, keepdims=True) - x) * 2.0 ** 126, 1.0)
+  o_s, o_t = off(s), off(t)
+  index = jax.lax.broadcasted_iota(s.dtype, s.shape, s.ndim - 1)
+  first = jnp.min(index + s.shape[-1] * o_s * o_t + 0.25 * (o_s + o_t), axis=-1,
+                  keepdims=True)
+  return (first == jnp.floor(first)).astype(s.dtype)
 
 
 def _statistics_rows(s: jax.Array, t: jax.Array, qs: _Parts, pt: _Parts) -> dict:
   """The :data:`STATISTICS` of the rows of ``s, t [a, rb, V]`` from their parts at T = 1."""
-  agreement = _first_argmax(s) == _first_argmax(t)
   return dict(teacher_entropy=_entropy_rows(pt), student_entropy=_entropy_rows(qs),
-              kl_t1=_cross(pt, qs), agreement=agreement.astype(qs.z.dtype),
+              kl_t1=_cross(pt, qs), agreement=_agreement(s, t),
               total_variation=_tv_rows(qs, pt))
 
 
