@@ -436,15 +436,16 @@ def _rows_finite(s: jax.Array, t: jax.Array) -> jax.Array:
           & (jnp.max(t, axis=-1, keepdims=True) < jnp.inf))
 
 
-def _block_statistics(s, t, where, parts=None):
+def _block_statistics(s, t, where, parts=None, known=None):
   """The :data:`STATISTICS` of a block (0 outside ``where [a, rb, 1]``), at T = 1.
 
   ``parts``: the blocks' softmax parts at T = 1 when the caller has them (a kernel at
-  ``T = 1``); otherwise they are formed here from the same blocks.
+  ``T = 1``); otherwise they are formed here from the same blocks. ``known``: statistics
+  the caller already has (a kernel's value at ``T = 1``), used as they are.
   """
   if parts is None:
     parts = _softmax_parts(s, 1.0), _softmax_parts(t, 1.0)
-  stats = _statistics_rows(s, t, *parts)
+  stats = dict(_statistics_rows(s, t, *parts), **(known or {}))
   return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
 
 
@@ -464,7 +465,7 @@ class _Perturbed:
   temperature: bool
 
 
-def _fused_kernel(rows_fwd, rows_bwd):
+def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
   r"""Builds the blocked custom-VJP kernel of one divergence from its row math.
 
   Args:
@@ -474,6 +475,8 @@ def _fused_kernel(rows_fwd, rows_bwd):
     rows_bwd: ``(s, t, norm_a, norm_b, extra, g, inv_t) -> (gs, gt)``, the gradients
       of ``g * value`` for the per-row cotangent ``g [a, rb, 1]`` (``1 / T`` already
       applied to it), with ``norm_a``, ``norm_b`` the saved ``(max, log z)`` of each side.
+    statistic: the name in :data:`STATISTICS` that the value is at ``T = 1``, if any
+      (``kl_t1`` for the forward KL): the kernel's value serves it there.
 
   Returns:
     ``kernel(s, t, where, temperature, stats_where) -> (value [a, m], aux)`` with the
@@ -495,13 +498,14 @@ def _fused_kernel(rows_fwd, rows_bwd):
     s, t = s.astype(dtype), t.astype(dtype)
     parts = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
     value, extra = rows_fwd(*parts)
+    known = {statistic: value} if shared and statistic else None
     norm_a, norm_b = parts[0].norm, parts[1].norm
     # The scaled maxima are NaN / +inf exactly when the row holds a NaN / +inf.
     value = jnp.where((norm_a[0] < jnp.inf) & (norm_b[0] < jnp.inf), value, jnp.nan)
     value = value if where is None else jnp.where(where, value, 0.0)
     aux = {"finite": _rows_finite(s, t)}
     if stats_where is not None:
-      aux.update(_block_statistics(s, t, stats_where, parts if shared else None))
+      aux.update(_block_statistics(s, t, stats_where, parts if shared else None, known))
     return value, aux, (norm_a, norm_b, extra)
 
   def block_bwd(s, t, where, stats, g, inv_t):
@@ -585,7 +589,7 @@ def _kl_rows(reverse: bool):
   return fwd, bwd
 
 
-_forward_kl_kernel = _fused_kernel(*_kl_rows(False))
+_forward_kl_kernel = _fused_kernel(*_kl_rows(False), statistic="kl_t1")
 _reverse_kl_kernel = _fused_kernel(*_kl_rows(True))
 
 
@@ -647,7 +651,7 @@ def _tv_bwd_rows(s, t, norm_a, norm_b, extra, g, inv_t):
   return g * q * (sign - q_sign), g * p * (p_sign - sign)
 
 
-_tv_kernel = _fused_kernel(_tv_fwd_rows, _tv_bwd_rows)
+_tv_kernel = _fused_kernel(_tv_fwd_rows, _tv_bwd_rows, statistic="total_variation")
 
 
 def _layout(x: jax.Array, shape: tuple[int, ...], last: int) -> jax.Array:
