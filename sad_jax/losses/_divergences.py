@@ -408,7 +408,7 @@ def _agreement(s: jax.Array, t: jax.Array) -> jax.Array:
   ``i + V o^s_i o^t_i + (o^s_i + o^t_i) / 4`` sits at the first index ``k`` that is a
   maximum of either row; the two argmaxes agree exactly when ``k`` is a maximum of
   both, i.e. when the minimum is the integer ``k`` (exact in floating point below
-  ``2^21`` entries). 0 on a row with a NaN, or with only ``-inf``.
+  ``2^21`` entries). 0 on a row with a NaN or ``+inf`` logit, or with only ``-inf``.
   """
   def off(x):
     return jnp.minimum((jnp.max(x, axis=-1, keepdims=True) - x) * 2.0 ** 126, 1.0)
@@ -687,7 +687,8 @@ def statistics(student_logits: chex.Array, teacher_logits: chex.Array,
   :math:`KL(p \| q)`, ``agreement`` :math:`[\arg\max q = \arg\max p]` (first index of
   the maximum logit) and ``total_variation`` :math:`\tfrac12 \lVert p - q \rVert_1`,
   ``float32 [...]`` (float64 under x64 with float64 inputs), 0 outside ``where``; a NaN
-  or ``+inf`` logit on a token in ``where`` makes its entropies NaN. Rows are
+  or ``+inf`` logit on a token in ``where`` makes that side's entropy NaN (and the
+  agreement 0). Rows are
   processed in blocks as in the fused kernels (inputs read once, cast per block).
 
   Returns:
