@@ -160,10 +160,11 @@ def _variants(name, trained, args, module, blocks, sad_config):
   if sad_config is not None:
     span_ids = jnp.asarray(agent_span_ids(*args[0].shape[:2]))
     state = state_lib.init_state(sad_config)
-    # Metrics and the next state are outputs too, as in a train step.
-    fns["sad_loss"] = _compile(
-        lambda s, t: objective.sad_loss(s, t, span_ids, state, sad_config), args,
-        has_aux=True)
+    # Metrics and the next state are outputs too, and the state (its temperature) is
+    # an argument, as in a train step.
+    sad = _compile(lambda s, t, state: objective.sad_loss(s, t, span_ids, state, sad_config),
+                   args + (state,), has_aux=True)
+    fns["sad_loss"] = lambda s, t: sad(s, t, state)
   return fns
 
 

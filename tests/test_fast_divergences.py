@@ -150,3 +150,108 @@ def test_vmap_and_bf16():
   for name, (batched, plain, gs) in run(s, t, sb, tb).items():
     np.testing.assert_allclose(batched, plain, rtol=1e-6, err_msg=name)
     assert gs.dtype == jnp.bfloat16 and np.all(np.isfinite(np.asarray(gs, np.float32))), name
+
+
+def _reference_statistics(s, t):
+  """The statistics at T = 1 in float64 numpy, from their definitions."""
+  def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+  log_q, log_p = log_softmax(s), log_softmax(t)
+  q, p = np.exp(log_q), np.exp(log_p)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    xlogx = lambda a, log_a: np.where(a > 0, a * log_a, 0.0)  # noqa: E731
+    kl = np.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)
+  return dict(teacher_entropy=-xlogx(p, log_p).sum(-1), student_entropy=-xlogx(q, log_q).sum(-1),
+              kl_t1=kl, agreement=(np.argmax(s, -1) == np.argmax(t, -1)).astype(np.float64),
+              total_variation=0.5 * np.abs(p - q).sum(-1))
+
+
+def _statistics_inputs():
+  """Rows with -inf vocab entries, +-1e4 logits, an argmax tie, a NaN and a +inf row."""
+  s, t = _inputs(seed=6)
+  s[0, :, :3] = -np.inf  # impossible tokens (student side: kl_t1 stays finite only if p = 0)
+  t[0, :, :3] = -np.inf
+  s[1, 0] *= 5e3
+  t[1, 0] *= -5e3
+  t[1, 1, 7] = t[1, 1, 9] = t[1, 1].max() + 1  # a tie: argmax is the first index
+  s[1, 1, 9] = s[1, 1].max() + 1
+  s[2, 2, 4] = np.nan
+  t[2, 3, 5] = np.inf
+  where = np.random.default_rng(7).uniform(size=SHAPE[:-1]) > 0.3
+  where[2, 2] = where[2, 3] = True
+  return s, t, where
+
+
+def test_with_statistics_matches_float64_definitions(blocked):
+  """Kernel statistics (T = 1 and T != 1, traced) equal the definitions; values and
+  gradients equal the divergence's; finite flags the NaN / +inf rows."""
+  s, t, where = _statistics_inputs()
+  stats_where = np.random.default_rng(8).uniform(size=SHAPE[:-1]) > 0.2
+
+  @_jit
+  def run(s, t, temperature):
+    out = {}
+    for name in FAST:
+      kw = KWARGS.get(name, {})
+      def loss(s, fn):
+        value, aux = fn(s)
+        return jnp.sum(jnp.where(where, value, 0.0) ** 2), (value, aux)
+      fused = jax.grad(loss, has_aux=True)(s, lambda s: D.with_statistics(
+          name, s, t, temperature=temperature, where=where, statistics=stats_where, **kw))
+      plain = jax.grad(loss, has_aux=True)(s, lambda s: (
+          _fast(name)(s, t, temperature=temperature, where=where), {}))
+      out[name] = fused, plain
+    return out
+
+  ref = _reference_statistics(s, t)
+  finite_rows = ~(np.isnan(s).any(-1) | np.isposinf(s).any(-1)
+                  | np.isnan(t).any(-1) | np.isposinf(t).any(-1))
+  for temperature in (1.0, 1.7):
+    for name, ((g, (value, aux)), (g_ref, (value_ref, _))) in run(
+        s, t, jnp.float32(temperature)).items():
+      np.testing.assert_allclose(value, value_ref, rtol=1e-6, err_msg=name)
+      np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7, err_msg=name)
+      np.testing.assert_array_equal(aux["finite"], finite_rows, err_msg=name)
+      assert set(aux) == {"finite", *D.STATISTICS}
+      ok = stats_where & finite_rows
+      for k in D.STATISTICS:
+        got = np.asarray(aux[k])
+        assert np.all(got[~stats_where] == 0), (name, k)
+        np.testing.assert_allclose(got[ok], ref[k][ok], rtol=2e-6, atol=2e-6,
+                                   err_msg=f"{name} {k} T={temperature}")
+      # A NaN student row and a +inf teacher row: that side's entropy is NaN.
+      assert np.isnan(aux["student_entropy"][2, 2]) and np.isnan(aux["teacher_entropy"][2, 3])
+
+
+def test_statistics_pass_matches_float64_definitions(blocked):
+  s, t, where = _statistics_inputs()
+  sb, tb = jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16)
+  stats, finite = _jit(D.statistics)(s, t, where)
+  stats_bf16, _ = _jit(D.statistics)(sb, tb, where)
+  ref = _reference_statistics(s, t)
+  ref_bf16 = _reference_statistics(np.asarray(sb, np.float32), np.asarray(tb, np.float32))
+  ok = where & np.asarray(finite)
+  assert not finite[2, 2] and not finite[2, 3] and finite.sum() == finite.size - 2
+  for k in D.STATISTICS:
+    assert np.all(np.asarray(stats[k])[~where] == 0), k
+    np.testing.assert_allclose(np.asarray(stats[k])[ok], ref[k][ok], rtol=2e-6, atol=2e-6,
+                               err_msg=k)
+    assert stats_bf16[k].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(stats_bf16[k])[ok], ref_bf16[k][ok], rtol=2e-6,
+                               atol=2e-6, err_msg=f"bf16 {k}")
+  # With x64 on, float64 inputs are computed in float64.
+  with jax.enable_x64(True):
+    stats64, _ = D.statistics(np.asarray(s, np.float64), np.asarray(t, np.float64), where)
+    for k in D.STATISTICS:
+      np.testing.assert_allclose(np.asarray(stats64[k])[ok], ref[k][ok], rtol=1e-12,
+                                 atol=1e-12, err_msg=f"x64 {k}")
+
+
+def test_with_statistics_rejects_unfused_names():
+  s, t = _inputs()
+  with pytest.raises(ValueError, match="symmetric_kl"):
+    D.with_statistics("symmetric_kl", s, t)
+  with pytest.raises(ValueError, match="beta"):
+    D.with_statistics("generalized_jsd", s, t, beta=1.0)

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-STATISTICS = ("teacher_entropy", "student_entropy", "kl_t1", "agreement", "total_variation")
+from sad_jax.losses._divergences import STATISTICS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,8 @@ def dense_statistics(student_logits: chex.Array, teacher: Any,
   They feed the metrics, the adaptive temperature and the ``confidence_based`` /
   ``difficulty_aware`` strategies. Tokens outside ``where`` give 0; a non-finite
   teacher or student logit on a token in ``where`` makes its entropies non-finite.
+  Dense teachers take one blocked pass over both logits
+  (:func:`sad_jax.losses._divergences.statistics`).
 
   For a :class:`~sad_jax.losses.SparseTeacher`, ``teacher_entropy``, ``kl_t1`` and
   ``total_variation`` are computed on the support of its tail policy at :math:`T = 1`
@@ -69,25 +71,20 @@ def dense_statistics(student_logits: chex.Array, teacher: Any,
   """
   where = jnp.asarray(where, bool)
   _check_teacher(student_logits, teacher)
+  if not isinstance(teacher, sparse.SparseTeacher):
+    stats, _ = divergences.statistics(student_logits, teacher, where)
+    return {k: v.astype(jnp.float32) for k, v in stats.items()}
   s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
   log_q = jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)
   student_entropy = _entropy(log_q)
-  if isinstance(teacher, sparse.SparseTeacher):
-    teacher = jax.lax.stop_gradient(teacher)
-    log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0,
-                                                    where)
-    logprobs = jnp.asarray(teacher.logprobs, jnp.float32)
-    top = jnp.take_along_axis(jnp.asarray(teacher.indices),
-                              jnp.argmax(logprobs, axis=-1)[..., None], axis=-1)
-    agreement = jnp.argmax(s, axis=-1) == top[..., 0]
-    # A non-finite stored log-prob must not vanish in the tail policy's arithmetic.
-    bad = ~jnp.all(jnp.isfinite(logprobs) | (logprobs == -jnp.inf), axis=-1)
-  else:
-    t = jnp.where(where[..., None], jax.lax.stop_gradient(teacher), 0.0)
-    log_q_support = log_q
-    log_p = jax.nn.log_softmax(t.astype(jnp.float32), axis=-1)
-    agreement = jnp.argmax(s, axis=-1) == jnp.argmax(t, axis=-1)
-    bad = jnp.zeros(where.shape, bool)
+  teacher = jax.lax.stop_gradient(teacher)
+  log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0, where)
+  logprobs = jnp.asarray(teacher.logprobs, jnp.float32)
+  top = jnp.take_along_axis(jnp.asarray(teacher.indices),
+                            jnp.argmax(logprobs, axis=-1)[..., None], axis=-1)
+  agreement = jnp.argmax(s, axis=-1) == top[..., 0]
+  # A non-finite stored log-prob must not vanish in the tail policy's arithmetic.
+  bad = ~jnp.all(jnp.isfinite(logprobs) | (logprobs == -jnp.inf), axis=-1)
   p, q = jnp.exp(log_p), jnp.exp(log_q_support)
   safe_p = jnp.where(p > 0, log_p, 0.0)
   stats = dict(
@@ -122,13 +119,29 @@ def inputs_finite(student_logits: chex.Array, teacher: Any) -> jax.Array:
 
 def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
                 where: chex.Array, temperature, labels: chex.Array | None = None,
-                span_ids: chex.Array | None = None) -> dict[str, jax.Array]:
+                span_ids: chex.Array | None = None,
+                statistics: chex.Array | None = None) -> dict[str, jax.Array]:
   """The per-token terms of ``terms`` (:meth:`~sad_jax.backends._base.Terms.names`) from
-  dense logits ``[..., V]``; ``float32 [...]``, 0 outside ``where``."""
-  values = {}
+  dense logits ``[..., V]``; ``float32 [...]``, 0 outside ``where``.
+
+  Also ``finite`` (:func:`inputs_finite`) and, when ``statistics`` is a ``[...]`` bool
+  mask, the :func:`dense_statistics` on it. A divergence with a fused kernel
+  (:data:`sad_jax.losses._divergences.FUSED_DIVERGENCES`) on a dense teacher returns
+  both from its own blocked pass over the logits
+  (:func:`sad_jax.losses._divergences.with_statistics`); otherwise they take their
+  own passes.
+  """
+  values, aux = {}, None
   if terms.divergence is not None:
-    values["divergence"] = divergences.get_divergence(terms.divergence)(
-        student_logits, teacher, temperature=temperature, where=where, **terms.kwargs)
+    if (terms.divergence in divergences.FUSED_DIVERGENCES
+        and not isinstance(teacher, sparse.SparseTeacher)):
+      values["divergence"], aux = divergences.with_statistics(
+          terms.divergence, student_logits, teacher, temperature=temperature, where=where,
+          statistics=statistics, **terms.kwargs)
+      aux = {k: v if k == "finite" else v.astype(jnp.float32) for k, v in aux.items()}
+    else:
+      values["divergence"] = divergences.get_divergence(terms.divergence)(
+          student_logits, teacher, temperature=temperature, where=where, **terms.kwargs)
   if labels is not None:
     values["hard_label_ce"] = cross_entropy.hard_label_ce(
         student_logits, labels, label_smoothing=terms.label_smoothing, where=where)
@@ -140,7 +153,11 @@ def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
   if terms.span_consistency > 0:
     values["span_consistency"] = regularizers.span_consistency(student_logits, span_ids,
                                                                where=where)
-  return values
+  if aux is None:
+    aux = {"finite": inputs_finite(student_logits, teacher)}
+    if statistics is not None:
+      aux.update(dense_statistics(student_logits, teacher, statistics))
+  return dict(values, **aux)
 
 
 class Dense:
@@ -182,13 +199,10 @@ class Dense:
     if teacher is not None:
       _check_teacher(s, teacher)
     values = dense_terms(s, teacher, terms, where=where, temperature=temperature,
-                         labels=labels, span_ids=span_ids)
+                         labels=labels, span_ids=span_ids, statistics=statistics)
     per_token = terms.combine(values, temperature)
     total = base.weighted_total(per_token, coefficients, where, axis_name)
-    values = dict(values, loss=per_token, finite=inputs_finite(s, teacher))
-    if statistics is not None:
-      values.update(dense_statistics(s, teacher, statistics))
-    return total, jax.lax.stop_gradient(values)
+    return total, jax.lax.stop_gradient(dict(values, loss=per_token))
 
 
 DENSE = Dense()

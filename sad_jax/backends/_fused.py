@@ -405,12 +405,9 @@ class Fused:
     def fn(s, t, x, temp):
       t = t if t is not None else x.get("teacher")
       values = dense.dense_terms(s, t, terms, where=x["where"], temperature=temp,
-                                 labels=x.get("labels"))
+                                 labels=x.get("labels"), statistics=x.get("stats_where"))
       per_token = terms.combine(values, temp)
-      aux = dict(values, loss=per_token, finite=dense.inputs_finite(s, t))
-      if "stats_where" in x:
-        aux.update(dense.dense_statistics(s, t, x["stats_where"]))
-      return base.weighted_total(per_token, x["c"], x["where"]), aux
+      return base.weighted_total(per_token, x["c"], x["where"]), dict(values, loss=per_token)
 
     total, values = fused_value(fn, hs, ws, ht, wt, xs, jnp.asarray(temperature, jnp.float32),
                                 chunk_size=self.chunk_size)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 from typing import Callable, NamedTuple
@@ -277,20 +278,22 @@ def _row_groups(shape: tuple[int, ...]) -> int:
   return max(1, math.gcd(lead, jax.device_count()))
 
 
-def _row_block(rows: int, vocab: int) -> int:
-  """Rows per block along ``m``: ``rb * vocab <= BLOCK_ELEMENTS``, blocks balanced.
+def _row_block(rows: int, vocab: int, elements: int | None = None) -> int:
+  """Rows per block along ``m``: ``rb * vocab <= elements`` (default
+  ``BLOCK_ELEMENTS``), blocks balanced.
 
   ``ceil(rows / rb)`` blocks of equal size; the last block is shifted back to end
   at ``rows`` (:func:`_map_row_blocks`), so any row count works (no divisor needed).
   """
-  target = max(1, BLOCK_ELEMENTS // max(vocab, 1))
+  elements = BLOCK_ELEMENTS if elements is None else elements
+  target = max(1, elements // max(vocab, 1))
   if rows <= target:
     return rows
   count = -(-rows // target)
   return -(-rows // count)
 
 
-def _map_row_blocks(fn, args):
+def _map_row_blocks(fn, args, shrink: int = 1):
   """Applies the row-wise ``fn`` to blocks of ``args`` along axis 1, re-joined.
 
   Args:
@@ -298,6 +301,8 @@ def _map_row_blocks(fn, args):
       arrays, each row independently of the others.
     args: pytree of ``[a, m, ...]`` arrays (``None`` leaves allowed); the first
       leaf is the ``[a, m, V]`` logits that set the block size (:func:`_row_block`).
+    shrink: blocks of ``BLOCK_ELEMENTS // shrink`` elements, for an ``fn`` that holds
+      that many times more block-sized intermediates (the statistics).
 
   Returns:
     The pytree of ``[a, m, ...]`` outputs. Block ``i`` starts at
@@ -306,7 +311,7 @@ def _map_row_blocks(fn, args):
   """
   first = jax.tree.leaves(args)[0]
   rows = first.shape[1]
-  block = _row_block(rows, first.shape[-1])
+  block = _row_block(rows, first.shape[-1], BLOCK_ELEMENTS // shrink)
   if block >= rows:
     return fn(*args)
   count = -(-rows // block)
@@ -326,8 +331,21 @@ def _map_row_blocks(fn, args):
   return jax.lax.scan(body, init, jnp.arange(count))[0]
 
 
-def _softmax_parts(x: jax.Array, inv_t) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  r"""``(x / T - max, exp(x / T - max), its row sum z, max)``, the last two keepdims.
+class _Parts(NamedTuple):
+  """The softmax of one ``[a, rb, V]`` block at ``1 / T = inv_t`` (see :func:`_softmax_parts`)."""
+  shifted: jax.Array  # x / T - max, [a, rb, V]
+  e: jax.Array  # exp(shifted), [a, rb, V]
+  z: jax.Array  # sum(e), [a, rb, 1]
+  m: jax.Array  # max(x) / T, [a, rb, 1]
+
+  @property
+  def norm(self) -> tuple[jax.Array, jax.Array]:
+    """``(max, log z)``, what the backward pass recomputes the log-softmax from."""
+    return self.m, jnp.log(self.z)
+
+
+def _softmax_parts(x: jax.Array, inv_t) -> _Parts:
+  r"""The softmax parts of ``x / T`` for a block ``x [a, rb, V]``.
 
   The maximum is taken on the raw logits (``max(x) * c == max(x * c)`` exactly for
   ``c = 1 / T > 0``: rounding is monotone), so no scaled copy of a block is needed
@@ -338,13 +356,97 @@ def _softmax_parts(x: jax.Array, inv_t) -> tuple[jax.Array, jax.Array, jax.Array
   m = jnp.max(x, axis=-1, keepdims=True) * inv_t
   shifted = x * inv_t - m
   e = jnp.exp(shifted)
-  return shifted, e, jnp.sum(e, axis=-1, keepdims=True), m
+  return _Parts(shifted, e, jnp.sum(e, axis=-1, keepdims=True), m)
 
 
 def _log_softmax(x, inv_t, norm):
   """Recomputes the log-softmax of ``x / T`` from saved ``(max, log_z)``."""
   m, log_z = norm
   return (x * inv_t - m) - log_z
+
+
+def _cross(w: _Parts, o: _Parts) -> jax.Array:
+  r""":math:`KL(w \| o)` per row from the parts of both sides, ``0 log 0 = 0``.
+
+  ``sum(e_w (x_w - x_o)) / z_w - log z_w + log z_o``: the exponentials of the
+  normalizers serve the cross term (no second ``exp``).
+  """
+  cross = jnp.sum(jnp.where(w.e > 0, w.e * (w.shifted - o.shifted), 0.0), axis=-1,
+                  keepdims=True)
+  return cross / w.z - jnp.log(w.z) + jnp.log(o.z)
+
+
+def _entropy_rows(x: _Parts) -> jax.Array:
+  r""":math:`-\sum_i p_i \log p_i = \log z - \sum_i e_i\, x_i / z` per row, ``0 log 0 = 0``."""
+  return jnp.log(x.z) - jnp.sum(jnp.where(x.e > 0, x.e * x.shifted, 0.0), axis=-1,
+                                keepdims=True) / x.z
+
+
+def _tv_rows(a: _Parts, b: _Parts) -> jax.Array:
+  r""":math:`\tfrac12 \sum_i |q_i - p_i|` per row."""
+  return 0.5 * jnp.sum(jnp.abs(a.e * (1.0 / a.z) - b.e * (1.0 / b.z)), axis=-1,
+                       keepdims=True)
+
+
+STATISTICS_SHRINK = 4
+"""Blocks computing the statistics hold about this many times more block-sized
+intermediates, so they take ``BLOCK_ELEMENTS // STATISTICS_SHRINK`` elements (kept in
+cache; ``benchmarks/divergence_speed.py --sad-loss`` times the effect)."""
+
+STATISTICS = ("teacher_entropy", "student_entropy", "kl_t1", "agreement", "total_variation")
+"""The per-token teacher / student statistics at :math:`T = 1` (see :func:`statistics`)."""
+
+
+def _agreement(s: jax.Array, t: jax.Array) -> jax.Array:
+  """``[a, rb, 1]``: ``argmax(s) == argmax(t)`` (first indices of the row maxima), as 0 / 1.
+
+  One min-reduction, of arithmetic only (XLA vectorizes it; its variadic argmax
+  reduction and compare-selects are many times slower on CPU). With
+  ``o_i = min((max - x_i) * 2^126, 1)``, 0 exactly at the row's maxima (a difference of
+  normal floats, at least ``2^-126``, times ``2^126`` is at least 1; logits closer than
+  ``1.2e-38`` tie), the minimum over ``i`` of
+  ``i + V o^s_i o^t_i + (o^s_i + o^t_i) / 4`` sits at the first index ``k`` that is a
+  maximum of either row; the two argmaxes agree exactly when ``k`` is a maximum of
+  both, i.e. when the minimum is the integer ``k`` (exact in floating point below
+  ``2^21`` entries). 0 on a row with a NaN or ``+inf`` logit, or with only ``-inf``.
+  """
+  def off(x):
+    return jnp.minimum((jnp.max(x, axis=-1, keepdims=True) - x) * 2.0 ** 126, 1.0)
+  o_s, o_t = off(s), off(t)
+  index = jax.lax.broadcasted_iota(s.dtype, s.shape, s.ndim - 1)
+  first = jnp.min(index + s.shape[-1] * o_s * o_t + 0.25 * (o_s + o_t), axis=-1,
+                  keepdims=True)
+  return (first == jnp.floor(first)).astype(s.dtype)
+
+
+def _statistics_rows(s: jax.Array, t: jax.Array, qs: _Parts, pt: _Parts) -> dict:
+  """The :data:`STATISTICS` of the rows of ``s, t [a, rb, V]`` from their parts at T = 1."""
+  return dict(teacher_entropy=_entropy_rows(pt), student_entropy=_entropy_rows(qs),
+              kl_t1=_cross(pt, qs), agreement=_agreement(s, t),
+              total_variation=_tv_rows(qs, pt))
+
+
+def _rows_finite(s: jax.Array, t: jax.Array) -> jax.Array:
+  """``[a, rb, 1]`` bool: both rows hold no NaN and no ``+inf`` (``-inf`` passes).
+
+  One maximum per row: NaN when any entry is (XLA's max propagates NaN), ``+inf`` when
+  any entry is; the same reductions as :func:`_softmax_parts` (merged by XLA).
+  """
+  return ((jnp.max(s, axis=-1, keepdims=True) < jnp.inf)
+          & (jnp.max(t, axis=-1, keepdims=True) < jnp.inf))
+
+
+def _block_statistics(s, t, where, parts=None, known=None):
+  """The :data:`STATISTICS` of a block (0 outside ``where [a, rb, 1]``), at T = 1.
+
+  ``parts``: the blocks' softmax parts at T = 1 when the caller has them (a kernel at
+  ``T = 1``); otherwise they are formed here from the same blocks. ``known``: statistics
+  the caller already has (a kernel's value at ``T = 1``), used as they are.
+  """
+  if parts is None:
+    parts = _softmax_parts(s, 1.0), _softmax_parts(t, 1.0)
+  stats = dict(_statistics_rows(s, t, *parts), **(known or {}))
+  return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
 
 
 def _temperature_cotangent(ct, temperature):
@@ -363,36 +465,48 @@ class _Perturbed:
   temperature: bool
 
 
-def _fused_kernel(rows_fwd, rows_bwd):
+def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
   r"""Builds the blocked custom-VJP kernel of one divergence from its row math.
 
   Args:
-    rows_fwd: ``(s, t, inv_t) -> (value, (ma, log_za), (mb, log_zb), extra)`` on
-      ``[a, rb, V]`` compute-dtype logits: the per-row value,
-      the log normalizers of ``s / T`` and ``t / T`` (``ma``, ``mb`` the scaled row
-      maxima) and the per-row statistics ``extra`` the backward needs, all
-      ``[a, rb, 1]``.
+    rows_fwd: ``(parts_s, parts_t) -> (value, extra)``: from the :class:`_Parts` of
+      the ``[a, rb, V]`` compute-dtype blocks of ``s / T`` and ``t / T``, the per-row
+      value and the per-row statistics ``extra`` the backward needs, all ``[a, rb, 1]``.
     rows_bwd: ``(s, t, norm_a, norm_b, extra, g, inv_t) -> (gs, gt)``, the gradients
       of ``g * value`` for the per-row cotangent ``g [a, rb, 1]`` (``1 / T`` already
-      applied to it).
+      applied to it), with ``norm_a``, ``norm_b`` the saved ``(max, log z)`` of each side.
+    statistic: the name in :data:`STATISTICS` that the value is at ``T = 1``, if any
+      (``kl_t1`` for the forward KL): the kernel's value serves it there.
 
   Returns:
-    ``kernel(s, t, where, temperature) -> value [a, m]`` with the gradients of
-    ``s``, ``t`` (input dtypes) and of the temperature
-    :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`. Only the
+    ``kernel(s, t, where, temperature, stats_where) -> (value [a, m], aux)`` with the
+    gradients of ``s``, ``t`` (input dtypes) and of the temperature
+    :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`. ``aux`` (no
+    gradient) holds ``finite`` (``[a, m]`` bool, :func:`_rows_finite`) and, when
+    ``stats_where [a, m, 1]`` is given, the :data:`STATISTICS` at :math:`T = 1`
+    (``[a, m]``, 0 outside ``stats_where``) from the same blocked pass: at ``T = 1``
+    from the divergence's own softmax parts, otherwise from the T = 1 parts of the same
+    blocks (a ``cond`` on the traced temperature picks the branch). Only the
     gradients that are needed are formed (``custom_vjp`` with symbolic zeros): for
     the student's alone (teacher under ``stop_gradient``, fixed temperature) the
     backward pass is one elementwise pass over the logits; otherwise it runs in
     row blocks like the forward pass.
   """
 
-  def block_fwd(s, t, where, inv_t):
-    value, norm_a, norm_b, extra = rows_fwd(s.astype(inv_t.dtype), t.astype(inv_t.dtype),
-                                            inv_t)
+  def block_fwd(s, t, where, stats_where, inv_t, shared):
+    dtype = inv_t.dtype
+    s, t = s.astype(dtype), t.astype(dtype)
+    parts = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
+    value, extra = rows_fwd(*parts)
+    known = {statistic: value} if shared and statistic else None
+    norm_a, norm_b = parts[0].norm, parts[1].norm
     # The scaled maxima are NaN / +inf exactly when the row holds a NaN / +inf.
     value = jnp.where((norm_a[0] < jnp.inf) & (norm_b[0] < jnp.inf), value, jnp.nan)
     value = value if where is None else jnp.where(where, value, 0.0)
-    return value, (norm_a, norm_b, extra)
+    aux = {"finite": _rows_finite(s, t)}
+    if stats_where is not None:
+      aux.update(_block_statistics(s, t, stats_where, parts if shared else None, known))
+    return value, aux, (norm_a, norm_b, extra)
 
   def block_bwd(s, t, where, stats, g, inv_t):
     dtypes = s.dtype, t.dtype
@@ -405,36 +519,48 @@ def _fused_kernel(rows_fwd, rows_bwd):
                  axis=-1, keepdims=True)
     return gs.astype(dtypes[0]), gt.astype(dtypes[1]), ct
 
-  def forward(s, t, where, temperature):
+  def forward(s, t, where, temperature, stats_where):
     inv_t = 1.0 / temperature
-    value, stats = _map_row_blocks(lambda *xs: block_fwd(*xs, inv_t), (s, t, where))
-    return value[..., 0], stats
+
+    def run(shared):
+      def go():
+        value, aux, stats = _map_row_blocks(
+            lambda *xs: block_fwd(*xs, inv_t, shared), (s, t, where, stats_where),
+            1 if stats_where is None else STATISTICS_SHRINK)
+        return (value[..., 0], {k: v[..., 0] for k, v in aux.items()}), stats
+      return go
+
+    if stats_where is None:
+      return run(False)()
+    return jax.lax.cond(temperature == 1, run(True), run(False))
 
   @jax.custom_vjp
-  def kernel(s, t, where, temperature):
-    return forward(s, t, where, temperature)[0]
+  def kernel(s, t, where, temperature, stats_where):
+    return forward(s, t, where, temperature, stats_where)[0]
 
-  def fwd(s, t, where, temperature):
+  def fwd(s, t, where, temperature, stats_where):
     perturbed = _Perturbed(teacher=t.perturbed, temperature=temperature.perturbed)
     s, t, temperature = s.value, t.value, temperature.value
     where = None if where is None else where.value
-    value, stats = forward(s, t, where, temperature)
-    return value, (s, t, where, temperature, stats, perturbed)
+    stats_where = None if stats_where is None else stats_where.value
+    out, stats = forward(s, t, where, temperature, stats_where)
+    return out, (s, t, where, temperature, stats, perturbed)
 
-  def bwd(res, g):
+  def bwd(res, cotangents):
     s, t, where, temperature, stats, perturbed = res
+    g = cotangents[0]
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
-      return None, None, None, None
+      return None, None, None, None, None
     inv_t = 1.0 / temperature
     args = (s, t, where, stats, g[..., None])
     if not (perturbed.teacher or perturbed.temperature):
       # The student gradient alone is elementwise given the saved statistics: one
       # fused pass over [a, m, V] with no block-sized intermediates to bound.
-      return block_bwd(*args, inv_t)[0], None, None, None
+      return block_bwd(*args, inv_t)[0], None, None, None, None
     gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t), args)
     ct = _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
     return (gs, gt if perturbed.teacher else None, None,
-            ct if perturbed.temperature else None)
+            ct if perturbed.temperature else None, None)
 
   kernel.defvjp(fwd, bwd, symbolic_zeros=True)
   return kernel
@@ -448,16 +574,9 @@ def _kl_rows(reverse: bool):
   :math:`\\partial KL / \\partial a_o = o - w`.
   """
 
-  def fwd(s, t, inv_t):
-    # The exponential of the weighting side serves its normalizer and the cross term.
-    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
-    if reverse:  # weights q, difference log q - log p.
-      e, diff, z_w, z_o = ea, sa - sb, za, zb
-    else:
-      e, diff, z_w, z_o = eb, sb - sa, zb, za
-    cross = jnp.sum(jnp.where(e > 0, e * diff, 0.0), axis=-1, keepdims=True)
-    value = cross / z_w - jnp.log(z_w) + jnp.log(z_o)
-    return value, (ma, jnp.log(za)), (mb, jnp.log(zb)), (value,)
+  def fwd(qs, pt):
+    value = _cross(qs, pt) if reverse else _cross(pt, qs)
+    return value, (value,)
 
   def bwd(s, t, norm_a, norm_b, extra, g, inv_t):
     (value,) = extra
@@ -470,7 +589,7 @@ def _kl_rows(reverse: bool):
   return fwd, bwd
 
 
-_forward_kl_kernel = _fused_kernel(*_kl_rows(False))
+_forward_kl_kernel = _fused_kernel(*_kl_rows(False), statistic="kl_t1")
 _reverse_kl_kernel = _fused_kernel(*_kl_rows(True))
 
 
@@ -492,16 +611,14 @@ def _jsd_kernel(beta: float):
   and symmetrically :math:`\beta\, p \odot (\log p - \log m - KL(p\|m))` for the teacher.
   """
 
-  def fwd(s, t, inv_t):
+  def fwd(qs, pt):
     # The normalizers' exponentials serve the probabilities too (no second exp).
-    (sa, ea, za, ma), (sb, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
-    log_za, log_zb = jnp.log(za), jnp.log(zb)
-    _, term_p, term_q = _mixture_terms(ea * (1.0 / za), sa - log_za, eb * (1.0 / zb),
-                                       sb - log_zb, beta)
+    log_za, log_zb = jnp.log(qs.z), jnp.log(pt.z)
+    _, term_p, term_q = _mixture_terms(qs.e * (1.0 / qs.z), qs.shifted - log_za,
+                                       pt.e * (1.0 / pt.z), pt.shifted - log_zb, beta)
     kl_pm = jnp.sum(term_p, axis=-1, keepdims=True)
     kl_qm = jnp.sum(term_q, axis=-1, keepdims=True)
-    value = beta * kl_pm + (1.0 - beta) * kl_qm
-    return value, (ma, log_za), (mb, log_zb), (kl_pm, kl_qm)
+    return beta * kl_pm + (1.0 - beta) * kl_qm, (kl_pm, kl_qm)
 
   def bwd(s, t, norm_a, norm_b, extra, g, inv_t):
     kl_pm, kl_qm = extra
@@ -514,18 +631,15 @@ def _jsd_kernel(beta: float):
   return _fused_kernel(fwd, bwd)
 
 
-def _tv_fwd_rows(s, t, inv_t):
+def _tv_fwd_rows(qs, pt):
   r""":math:`TV`; with :math:`u = \tfrac12 \mathrm{sign}(q - p)`,
   :math:`\partial/\partial a = q \odot (u - \sum q u)`, and the mirror for the teacher.
   """
-  (_, ea, za, ma), (_, eb, zb, mb) = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
-  q, p = ea * (1.0 / za), eb * (1.0 / zb)
-  log_za, log_zb = jnp.log(za), jnp.log(zb)
+  q, p = qs.e * (1.0 / qs.z), pt.e * (1.0 / pt.z)
   sign = jnp.sign(q - p)
-  value = 0.5 * jnp.sum(jnp.abs(q - p), axis=-1, keepdims=True)
   q_sign = jnp.sum(q * sign, axis=-1, keepdims=True)
   p_sign = jnp.sum(p * sign, axis=-1, keepdims=True)
-  return value, (ma, log_za), (mb, log_zb), (q_sign, p_sign)
+  return _tv_rows(qs, pt), (q_sign, p_sign)
 
 
 def _tv_bwd_rows(s, t, norm_a, norm_b, extra, g, inv_t):
@@ -537,23 +651,65 @@ def _tv_bwd_rows(s, t, norm_a, norm_b, extra, g, inv_t):
   return g * q * (sign - q_sign), g * p * (p_sign - sign)
 
 
-_tv_kernel = _fused_kernel(_tv_fwd_rows, _tv_bwd_rows)
+_tv_kernel = _fused_kernel(_tv_fwd_rows, _tv_bwd_rows, statistic="total_variation")
 
 
-def _fast_dense(kernel, student_logits, teacher_logits, temperature, where):
+def _layout(x: jax.Array, shape: tuple[int, ...], last: int) -> jax.Array:
+  """``x [..., last]`` (token shape ``shape``) in the row layout ``[a, m, last]``."""
+  groups = _row_groups(shape + (1,))
+  return _reshape_rows(x, (groups, math.prod(shape) // groups, last))
+
+
+def _fast_dense(kernel, student_logits, teacher_logits, temperature, where,
+                statistics=None):
   """Runs a fused kernel on validated logits ``[..., V]`` laid out as ``[a, m, V]``.
 
   The reshapes are free (row-major), the dtype casts and the ``where`` selection
   happen per block inside the kernel, so no pass over ``[..., V]`` precedes it.
+  Returns ``(value [...], aux)`` with ``aux`` as the kernel's (see :func:`_fused_kernel`).
   """
   s, t, where = _check_dense(student_logits, teacher_logits, temperature, where)
-  shape = s.shape
-  groups = _row_groups(shape)
-  layout = (groups, math.prod(shape[:-1]) // groups)
-  s, t = _reshape_rows(s, layout + shape[-1:]), _reshape_rows(t, layout + shape[-1:])
-  where = None if where is None else _reshape_rows(where, layout + (1,))
+  statistics = _check_where(statistics, s.shape)
+  tokens = s.shape[:-1]
+  rows = [None if x is None else _layout(x, tokens, n)
+          for x, n in ((s, s.shape[-1]), (t, s.shape[-1]), (where, 1), (statistics, 1))]
   temperature = jnp.asarray(temperature, _compute_dtype(s, t))
-  return _reshape_rows(kernel(s, t, where, temperature), shape[:-1])
+  value, aux = kernel(*rows[:3], temperature, rows[3])
+  return (_reshape_rows(value, tokens),
+          {k: _reshape_rows(v, tokens) for k, v in aux.items()})
+
+
+def statistics(student_logits: chex.Array, teacher_logits: chex.Array,
+               where: chex.Array) -> tuple[dict[str, jax.Array], jax.Array]:
+  r"""The :data:`STATISTICS` of dense logits ``[..., V]`` at :math:`T = 1`, one blocked pass.
+
+  ``teacher_entropy`` :math:`H(p)`, ``student_entropy`` :math:`H(q)`, ``kl_t1``
+  :math:`KL(p \| q)`, ``agreement`` :math:`[\arg\max q = \arg\max p]` (first index of
+  the maximum logit) and ``total_variation`` :math:`\tfrac12 \lVert p - q \rVert_1`,
+  ``float32 [...]`` (float64 under x64 with float64 inputs), 0 outside ``where``; a NaN
+  or ``+inf`` logit on a token in ``where`` makes that side's entropy NaN (and the
+  agreement 0). Rows are
+  processed in blocks as in the fused kernels (inputs read once, cast per block).
+
+  Returns:
+    ``(stats, finite)`` with ``finite [...]`` bool: both rows hold no NaN and no
+    ``+inf`` (``-inf``, an impossible token, passes).
+  """
+  s, t, where = _check_dense(student_logits, teacher_logits, 1.0, where)
+  if where is None:
+    raise ValueError("statistics: where must be a [...] bool mask, got None")
+  tokens = s.shape[:-1]
+  dtype = _compute_dtype(s, t)
+
+  def block(s, t, where):
+    s, t = jax.lax.stop_gradient(s).astype(dtype), jax.lax.stop_gradient(t).astype(dtype)
+    return _block_statistics(s, t, where), _rows_finite(s, t)
+
+  stats, finite = _map_row_blocks(block, (_layout(s, tokens, s.shape[-1]),
+                                          _layout(t, tokens, s.shape[-1]),
+                                          _layout(where, tokens, 1)), STATISTICS_SHRINK)
+  return ({k: _reshape_rows(v, tokens) for k, v in stats.items()},
+          _reshape_rows(finite, tokens))
 
 
 def _reshape_rows(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -612,7 +768,7 @@ def forward_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   if not _is_sparse(teacher_logits):
     return _fast_dense(_forward_kl_kernel, student_logits, teacher_logits, temperature,
-                       where)
+                       where)[0]
   log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="forward_kl")
   return _finish(_kl(log_p, log_q), rows)
@@ -632,7 +788,7 @@ def reverse_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
   """
   if not _is_sparse(teacher_logits):
     return _fast_dense(_reverse_kl_kernel, student_logits, teacher_logits, temperature,
-                       where)
+                       where)[0]
   log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="reverse_kl")
   return _finish(_kl(log_q, log_p), rows)
@@ -672,18 +828,22 @@ def generalized_jsd(student_logits: chex.Array, teacher_logits: chex.Array, *,
     >>> f"{float(losses.forward_kl(student, teacher)[0]):.3f}"
     '0.131'
   """
-  beta = _check_static(
-      "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
-      hint=("; beta -> 0 is forward KL(teacher || student): use sad_jax.losses.forward_kl; "
-            "beta -> 1 is reverse KL(student || teacher): use sad_jax.losses.reverse_kl"))
+  beta = _jsd_beta(beta)
   if not _is_sparse(teacher_logits):
     return _fast_dense(_jsd_kernel(beta), student_logits, teacher_logits, temperature,
-                       where)
+                       where)[0]
   log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="generalized_jsd")
   value = (beta * _kl_to_mixture(log_p, log_q, beta)
            + (1.0 - beta) * _kl_to_mixture(log_q, log_p, 1.0 - beta))
   return _finish(value, rows)
+
+
+def _jsd_beta(beta) -> float:
+  return _check_static(
+      "beta", beta, "generalized_jsd", 0.0, 1.0, lo_open=True, hi_open=True,
+      hint=("; beta -> 0 is forward KL(teacher || student): use sad_jax.losses.forward_kl; "
+            "beta -> 1 is reverse KL(student || teacher): use sad_jax.losses.reverse_kl"))
 
 
 def symmetric_kl(student_logits: chex.Array, teacher_logits: chex.Array, *,
@@ -891,7 +1051,7 @@ def total_variation(student_logits: chex.Array, teacher_logits: chex.Array, *,
   Args and returns as :func:`forward_kl`.
   """
   if not _is_sparse(teacher_logits):
-    return _fast_dense(_tv_kernel, student_logits, teacher_logits, temperature, where)
+    return _fast_dense(_tv_kernel, student_logits, teacher_logits, temperature, where)[0]
   log_q, log_p, rows = _prepare(student_logits, teacher_logits, temperature, where,
                                  fn="total_variation")
   value = 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=-1)
@@ -1006,6 +1166,44 @@ DIVERGENCES: dict[str, Divergence] = {
         skew_reverse_kl, alpha_divergence, alpha_beta_divergence,
         total_variation, wasserstein, adaptive_kl, focal_kl)
 }
+
+
+_KERNELS = {
+    "forward_kl": lambda: _forward_kl_kernel,
+    "reverse_kl": lambda: _reverse_kl_kernel,
+    "generalized_jsd": lambda beta=inspect.signature(generalized_jsd).parameters[
+        "beta"].default: _jsd_kernel(_jsd_beta(beta)),
+    "total_variation": lambda: _tv_kernel,
+}
+
+FUSED_DIVERGENCES: tuple[str, ...] = tuple(_KERNELS)
+"""The divergences with a fused kernel for dense teachers (:func:`with_statistics`)."""
+
+
+def with_statistics(name: str, student_logits: chex.Array, teacher_logits: chex.Array, *,
+                    temperature=1.0, where: chex.Array | None = None,
+                    statistics: chex.Array | None = None, **params
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """A fused divergence on dense logits with per-token auxiliary outputs, in one pass.
+
+  Args:
+    name: one of :data:`FUSED_DIVERGENCES`.
+    student_logits, teacher_logits, temperature, where, params: as the divergence.
+    statistics: optional ``[...]`` bool mask: also return the :data:`STATISTICS` at
+      :math:`T = 1` (as :func:`statistics`, 0 outside this mask), computed in the
+      divergence's blocked pass (the divergence's softmax when the temperature is 1).
+
+  Returns:
+    ``(value, aux)``: the divergence ``[...]`` (as ``DIVERGENCES[name]``) and, without
+    gradient, ``aux["finite"]`` (``[...]`` bool, as in :func:`statistics`) plus the
+    statistics when requested.
+  """
+  if name not in _KERNELS:
+    raise ValueError(f"with_statistics: {name!r} has no fused kernel; one of "
+                     f"{', '.join(FUSED_DIVERGENCES)}")
+  value, aux = _fast_dense(_KERNELS[name](**params), student_logits, teacher_logits,
+                           temperature, where, statistics)
+  return value, jax.lax.stop_gradient(aux)
 
 
 SPARSE_DIVERGENCES: tuple[str, ...] = (
