@@ -226,8 +226,10 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
   """Trains and evaluates one student run; returns (and stores) its result.
 
   Learning curves: success on ``data.curve_tasks`` and per-span KL on
-  ``data.kl_batch`` every ``cfg.student.eval_every`` steps; at the end, a rollout
-  evaluation on ``data.eval_tasks``. The result is ``run_dir/result.json``, written
+  ``data.kl_batch`` (held-out expert trajectories: ``kl/``) and on the first
+  ``num_kl_trajectories`` of ``examples`` (the run's own data: ``kl_train/``; a gap
+  between the two is memorization) every ``cfg.student.eval_every`` steps; at the
+  end, a rollout evaluation on ``data.eval_tasks``. The result is ``run_dir/result.json``, written
   atomically by this process alone: a run that another process is training
   (its lock is held) is skipped, and None is returned.
 
@@ -258,18 +260,24 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
       batches.attach_teacher(teacher_cache)
     evaluator = evaluate.Evaluator(graphdef, cfg, data)
 
-    def curve(p):
-      out = evaluator.success(p, data.curve_tasks, f"{method} curve eval")
-      kl = evaluate.span_kl(apply, p, teacher_apply, teacher_params, data.kl_batch)
-      out.update({f"kl/{k}": v for k, v in kl.items()})
+    seen = agent_data.kl_batch(cfg, examples)  # the train-side counterpart of data.kl_batch
+
+    def kls(p):
+      """KL on held-out expert trajectories (``kl/``) and on the run's own data (``kl_train/``)."""
+      out = {}
+      for prefix, batch in (("kl", data.kl_batch), ("kl_train", seen)):
+        kl = evaluate.span_kl(apply, p, teacher_apply, teacher_params, batch)
+        out.update({f"{prefix}/{k}": v for k, v in kl.items()})
       return out
+
+    def curve(p):
+      return dict(evaluator.success(p, data.curve_tasks, f"{method} curve eval"), **kls(p))
 
     state = run_training(f"{method} seed {seed}", run_dir, state, step_fn, batches,
                          cfg.student.steps, cfg, cfg.student.eval_every, curve)
     final = evaluator.success(state.params, data.eval_tasks, f"{method} eval")
-    kl = evaluate.span_kl(apply, state.params, teacher_apply, teacher_params, data.kl_batch)
     result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
                   train_steps=cfg.student.steps, train_seconds=train_seconds(run_dir),
-                  **{f"kl/{k}": v for k, v in kl.items()})
+                  **kls(state.params))
     agent_io.write_json(result_path, result)
   return result
