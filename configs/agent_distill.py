@@ -20,11 +20,12 @@ Presets:
   steps each), each evaluated on 1000 held-out tasks. 13 min 52 s from scratch on
   the 2-core CPU when measured (README, "End-to-end agent distillation").
 * ``study`` -- the method comparison: every method (SFT, token-level KD, SAD
-  ``paper`` and the other SAD weighting strategies) x 3 seeds, the ``default``
-  teacher trained 3500 steps, students trained for 2000 steps (at 1000, one seed
-  in three had not made its late jump in success with any method; at 2000 the
-  curves are flat), learning curves, 1000 held-out tasks per run: 27 runs
-  (README: how they were run).
+  ``paper`` and the other SAD weighting strategies) x 5 seeds, the ``default``
+  teacher trained 3500 steps, its rollouts on 20000 training tasks as the
+  students' data (2000 steps of batch 32 see each trajectory ~3.4 times; over
+  2000 rollouts, ~34 times), students trained for 2000 steps, learning curves,
+  1000 held-out tasks per run: 45 runs
+  (``docs/agent_study.md``: how they are run and what they measured).
 
 Methods (``config.methods``):
 
@@ -138,7 +139,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.methods = "sft,sad"
   elif preset == "study":
     c.methods = ",".join(ALL_METHODS)
-    c.seeds = "0,1,2"
+    c.seeds = "0,1,2,3,4"
+    c.num_distill_tasks = 20000  # float16 teacher logits: 4 GB
     c.teacher.steps = 3500  # the README study's teacher (91.0%)
     c.student.steps = 2000  # at 1000 steps one seed in three has not made the jump yet
     c.student.eval_every = 250
