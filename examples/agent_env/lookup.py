@@ -3,8 +3,8 @@
 A task asks a bridge question in the style of HotPotQA (Yang et al. 2018,
 "HotpotQA: A Dataset for Diverse, Explainable Multi-hop Question Answering"),
 such as ``Who is the friend of the partner of 643?``. The agent has one tool,
-``lookup``, that returns the knowledge-base entry of one entity: its
-``relation target`` facts. To answer, it looks up the subject, reads the fact
+``lookup``, that returns the knowledge-base entry of one entity: its id, then
+its facts, one ``relation target.`` sentence each (:func:`entry_text`). To answer, it looks up the subject, reads the fact
 of the first relation, whose target is the entity to look up next, and so on:
 the entity each action needs is only found in the previous observation, and each
 entry also holds facts of other relations (distractors) that lead elsewhere. It
