@@ -20,13 +20,13 @@ Presets:
   5.4x smaller student distilled with SFT, token-level KD and SAD (one seed, 1000
   steps each), each evaluated on 1000 held-out tasks. 13 min 52 s from scratch on
   the 2-core CPU when measured (README, "End-to-end agent distillation").
-* ``study`` -- the method comparison: every off-policy method (SFT, token-level
-  KD, SAD ``paper`` and the other SAD weighting strategies; add the on-policy
-  ones with ``--config.methods``) x 3 seeds, the ``default``
-  teacher trained 3500 steps, students trained for 2000 steps (at 1000, one seed
-  in three had not made its late jump in success with any method; at 2000 the
-  curves are flat), learning curves, 1000 held-out tasks per run: 27 runs
-  (README: how they were run).
+* ``study`` -- the method comparison: every method (SFT, token-level KD, SAD
+  ``paper``, the other SAD weighting strategies and the on-policy methods) x 5
+  seeds, the ``default`` teacher trained 3500 steps, its rollouts on 20000
+  training tasks as the students' data (2000 steps of batch 32 see each
+  trajectory ~3.4 times; over 2000 rollouts, ~34 times), students trained for
+  2000 steps, learning curves, 1000 held-out tasks per run: 60 runs
+  (``docs/agent_study.md``: how they are run and what they measured).
 
 Methods (``config.methods``):
 
@@ -195,8 +195,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.student.eval_every = 20
     c.methods = "sft,sad," + ",".join(ON_POLICY_METHODS)
   elif preset == "study":
-    c.methods = ",".join(ALL_METHODS)
-    c.seeds = "0,1,2"
+    c.methods = ",".join(ALL_METHODS + ON_POLICY_METHODS)
+    c.seeds = "0,1,2,3,4"
+    c.num_distill_tasks = 20000  # float16 teacher logits: 4 GB
     c.teacher.steps = 3500  # the README study's teacher (91.0%)
     c.student.steps = 2000  # at 1000 steps one seed in three has not made the jump yet
     c.student.eval_every = 250

@@ -3,9 +3,11 @@
 :func:`write_report` reads every finished run (``students/*/result.json``, each
 written by the process that trained it) and the teacher's result, and writes
 ``summary.json``, ``summary.md`` (mean ± std over seeds; success per seed with
-the paired difference to token-level KD) and three PNG plots, each atomically.
-It depends only on the files, so any process -- or several, one per method --
-can rebuild it, and the last one to finish writes the union of all runs.
+the paired difference to token-level KD, with its mean, 95% t-interval and
+paired t-test over seeds: :func:`paired_differences`) and three PNG plots, each
+atomically. It depends only on the files, so any process -- or several, one per
+method -- can rebuild it; rebuilds are serialized by a lock, so the last one to
+finish writes the union of all runs.
 """
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 from examples import agent_evaluate as evaluate
 from examples import agent_io
 
 METRICS = (("success", "success"), ("valid_action_rate", "valid actions"),
            ("steps", "steps"), ("reasoning_tokens", "reasoning tokens"),
-           ("kl/reasoning", "KL reasoning"), ("kl/action", "KL action"))
+           ("kl/reasoning", "KL reasoning"), ("kl/action", "KL action"),
+           ("kl_train/reasoning", "KL reasoning (own data)"),
+           ("kl_train/action", "KL action (own data)"))
 PLOTS = ("loss_per_span.png", "success_curves.png", "success.png")
+BASELINE = "token_kd"  # the method every other one is paired with
 
 
 def _method_rank(order: Sequence[str]):
@@ -53,6 +59,44 @@ def aggregate(runs: Sequence[dict], order: Sequence[str] = ()) -> dict[str, dict
   return out
 
 
+def paired_differences(runs: Sequence[dict], baseline: str = BASELINE, key: str = "success",
+                       order: Sequence[str] = ()) -> dict[str, dict]:
+  """Per method, ``key`` minus the baseline's on each seed both have: paired by seed.
+
+  A seed fixes a student's initialization and batch order for every method, so
+  the per-seed difference removes the seed's share of the variance. Statistics
+  over the ``n`` common seeds: ``mean``, ``std`` (ddof=1), the 95% Student-t
+  interval ``mean ± t(0.975, n - 1) * std / sqrt(n)`` (``ci95``) and the
+  two-sided p-value of the paired t-test (``p``; Student 1908). ``std``,
+  ``ci95`` and ``p`` are None below 2 seeds; ``p`` is None when every
+  difference is equal.
+
+  Returns:
+    ``{method: {"seeds", "diffs", "mean", "std", "ci95", "p"}}`` for every method
+    but the baseline with at least one common seed (in ``order`` first); ``{}``
+    without a baseline run.
+  """
+  base = {r["seed"]: r[key] for r in runs if r["method"] == baseline}
+  out = {}
+  for m in sorted({r["method"] for r in runs} - {baseline}, key=_method_rank(order)):
+    pairs = sorted((r["seed"], r[key] - base[r["seed"]]) for r in runs
+                   if r["method"] == m and r["seed"] in base)
+    if not pairs:
+      continue
+    d = np.asarray([x for _, x in pairs], np.float64)
+    n, mean = len(d), float(d.mean())
+    row = {"seeds": [s for s, _ in pairs], "diffs": d.tolist(), "mean": mean, "std": None,
+           "ci95": None, "p": None}
+    if n >= 2:
+      std = float(d.std(ddof=1))
+      half = float(stats.t.ppf(0.975, n - 1)) * std / np.sqrt(n)
+      row.update(std=std, ci95=[mean - half, mean + half])
+      if std > 0:
+        row["p"] = float(2 * stats.t.sf(abs(mean) / (std / np.sqrt(n)), n - 1))
+    out[m] = row
+  return out
+
+
 def markdown_table(summary: dict) -> str:
   """``summary.md``: the teacher and student line, mean ± std per method, success per seed."""
   t = summary["teacher"]
@@ -71,17 +115,25 @@ def markdown_table(summary: dict) -> str:
   # method, so differences within a column are paired comparisons.
   success = {(r["method"], r["seed"]): r["success"] for r in summary["runs"]}
   seeds = sorted({r["seed"] for r in summary["runs"]})
-  paired = "token_kd" in summary["methods"]
+  paired = BASELINE in summary["methods"]
   lines += ["", "| success | " + " | ".join(f"seed {s}" for s in seeds)
-            + (" | − token_kd, per seed |" if paired else " |"),
+            + (f" | − {BASELINE}, per seed |" if paired else " |"),
             "|---|" + "---|" * (len(seeds) + paired)]
   for m in summary["methods"]:
     row = [f"{success[(m, s)]:.3f}" if (m, s) in success else "–" for s in seeds]
     if paired:
-      row.append(", ".join(f"{success[(m, s)] - success[('token_kd', s)]:+.3f}" for s in seeds
-                           if (m, s) in success and ("token_kd", s) in success)
-                 if m != "token_kd" else "")
+      row.append(", ".join(f"{success[(m, s)] - success[(BASELINE, s)]:+.3f}" for s in seeds
+                           if (m, s) in success and (BASELINE, s) in success)
+                 if m != BASELINE else "")
     lines.append(f"| {m} | " + " | ".join(row) + " |")
+  if summary.get("paired"):  # the same differences: mean, interval and test over seeds
+    lines += ["", f"| success − {BASELINE} | seeds | mean ± std | 95% t-interval | "
+              "p (paired t) |", "|---|---|---|---|---|"]
+    for m, d in summary["paired"].items():
+      std = "–" if d["std"] is None else f"{d['std']:.3f}"
+      ci = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+      p = "–" if d["p"] is None else f"{d['p']:.3f}"
+      lines.append(f"| {m} | {len(d['seeds'])} | {d['mean']:+.3f} ± {std} | {ci} | {p} |")
   return "\n".join(lines) + "\n"
 
 
@@ -170,6 +222,11 @@ def write_report(workdir: pathlib.Path, *, student_steps: int, distill_stats: di
     The summary (``summary.json``'s content); ``runs`` empty and no table or plot
     written when no run has finished yet.
   """
+  with agent_io.locked(workdir / ".report.lock"):  # a rebuild sees every run before it
+    return _write_report(workdir, student_steps, distill_stats, order, extra)
+
+
+def _write_report(workdir, student_steps, distill_stats, order, extra) -> dict:
   runs = collect_runs(workdir, order)
   summary = {
       "teacher": json.loads((workdir / "teacher" / "result.json").read_text()),
@@ -177,6 +234,7 @@ def write_report(workdir: pathlib.Path, *, student_steps: int, distill_stats: di
       "distill_trajectories": distill_stats["trajectories"],
       "teacher_train_success": distill_stats["teacher_train_success"],
       "methods": aggregate(runs, order),
+      "paired": paired_differences(runs, order=order),
       "runs": runs,
       **(extra or {}),
   }

@@ -369,8 +369,10 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
   """Trains and evaluates one student run; returns (and stores) its result.
 
   Learning curves: success on ``data.curve_tasks`` and per-span KL on
-  ``data.kl_batch`` every ``cfg.student.eval_every`` steps; at the end, a rollout
-  evaluation on ``data.eval_tasks``. The result is ``run_dir/result.json``, written
+  ``data.kl_batch`` (held-out expert trajectories: ``kl/``) and on the first
+  ``num_kl_trajectories`` of ``examples`` (the run's own data: ``kl_train/``; a gap
+  between the two is memorization) every ``cfg.student.eval_every`` steps; at the
+  end, a rollout evaluation on ``data.eval_tasks``. The result is ``run_dir/result.json``, written
   atomically by this process alone: a run that another process is training
   (its lock is held) is skipped, and None is returned. An on-policy method trains
   from step ``cfg.on_policy.init_steps`` (:func:`on_policy_init`) to
@@ -397,11 +399,18 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
     tx = optimizer(cfg.student)
     evaluator = evaluate.Evaluator(graphdef, cfg, data)
 
-    def curve(p):
-      out = evaluator.success(p, data.curve_tasks, f"{method} curve eval")
-      kl = evaluate.span_kl(apply, p, teacher_apply, teacher_params, data.kl_batch)
-      out.update({f"kl/{k}": v for k, v in kl.items()})
+    seen = agent_data.kl_batch(cfg, examples)  # the train-side counterpart of data.kl_batch
+
+    def kls(p):
+      """KL on held-out expert trajectories (``kl/``) and on the run's own data (``kl_train/``)."""
+      out = {}
+      for prefix, batch in (("kl", data.kl_batch), ("kl_train", seen)):
+        kl = evaluate.span_kl(apply, p, teacher_apply, teacher_params, batch)
+        out.update({f"{prefix}/{k}": v for k, v in kl.items()})
       return out
+
+    def curve(p):
+      return dict(evaluator.success(p, data.curve_tasks, f"{method} curve eval"), **kls(p))
 
     extra = {}
     if method in ON_POLICY_METHODS:
@@ -424,11 +433,10 @@ def train_student(cfg, workdir: pathlib.Path, data: agent_data.Data, method: str
                    on_policy_success=float(np.mean([p.success.mean() for p in pools]))
                    if pools else 0.0)
     final = evaluator.success(state.params, data.eval_tasks, f"{method} eval")
-    kl = evaluate.span_kl(apply, state.params, teacher_apply, teacher_params, data.kl_batch)
     seconds = train_seconds(run_dir, start=extra.get("init_steps", 0))
     result = dict(final, method=method, seed=seed, params=lm.count_params(state.params),
                   train_steps=cfg.student.steps,
                   train_seconds=seconds + extra.get("init_train_seconds", 0.0),
-                  **{f"kl/{k}": v for k, v in kl.items()}, **extra)
+                  **kls(state.params), **extra)
     agent_io.write_json(result_path, result)
   return result

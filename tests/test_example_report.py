@@ -5,6 +5,7 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ def _run(workdir: pathlib.Path, method: str, seed: int, success: float):
   io.write_json(d / "result.json", {
       "method": method, "seed": seed, "success": success, "valid_action_rate": 1.0,
       "steps": 3.0, "reasoning_tokens": 20.0, "kl/reasoning": 0.2, "kl/action": 0.1,
+      "kl_train/reasoning": 0.1, "kl_train/action": 0.05,
       "train_seconds": 5.0, "params": 1000, "num_tasks": 10})
   log = [{"kind": "train", "step": s, "loss/reasoning": 1.0 / s, "loss/action": 2.0 / s}
          for s in (1, 2)]
@@ -64,6 +66,9 @@ def test_report_is_the_union_of_runs_written_by_different_processes(tmp_path):
   assert "| sad | 0.500 | – | +0.250 |" in table  # paired with token_kd on seed 0 only
   assert "| sft | 0.125 | 0.375 | -0.125 |" in table
   assert "4.0x fewer" in table
+  assert second["paired"]["sad"] == {"seeds": [0], "diffs": [0.25], "mean": 0.25, "std": None,
+                                     "ci95": None, "p": None}  # one seed: no interval
+  assert "| sad | 1 | +0.250 ± – | – | – |" in table
   for name in report.PLOTS:
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not list(tmp_path.glob("*.tmp"))
@@ -73,7 +78,8 @@ def test_report_without_runs_writes_only_the_json(tmp_path):
   _teacher(tmp_path)
   summary = report.write_report(tmp_path, student_steps=2, distill_stats=STATS)
   assert summary["runs"] == [] and summary["methods"] == {}
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "teacher"]
+  assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+      "summary.json", "teacher"]
 
 
 def test_table_without_token_kd_has_no_paired_column(tmp_path):
@@ -82,3 +88,25 @@ def test_table_without_token_kd_has_no_paired_column(tmp_path):
   report.write_report(tmp_path, student_steps=2, distill_stats=STATS)
   table = (tmp_path / "summary.md").read_text()
   assert "| success | seed 0 |" in table and "token_kd" not in table
+
+
+def test_paired_differences_t_interval_and_test_over_common_seeds():
+  from scipy import stats
+  kd = {0: 0.5, 1: 0.625, 2: 0.75, 3: 0.375}  # binary fractions: exact differences
+  sad = {0: 0.5625, 1: 0.6875, 2: 0.875}  # no seed 3: paired on seeds 0-2 only
+  runs = [{"method": "token_kd", "seed": s, "success": x} for s, x in kd.items()]
+  runs += [{"method": "sad", "seed": s, "success": x} for s, x in sad.items()]
+  runs += [{"method": "sft", "seed": s, "success": kd[s] + 0.125} for s in (0, 1)]
+  out = report.paired_differences(runs)
+  assert list(out) == ["sad", "sft"]
+  d = np.asarray([0.0625, 0.0625, 0.125])
+  assert out["sad"]["seeds"] == [0, 1, 2]
+  np.testing.assert_allclose(out["sad"]["diffs"], d, atol=1e-12)
+  assert out["sad"]["mean"] == pytest.approx(d.mean())
+  assert out["sad"]["std"] == pytest.approx(d.std(ddof=1))
+  half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+  assert out["sad"]["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-6)
+  assert out["sad"]["p"] == pytest.approx(
+      stats.ttest_rel([sad[s] for s in range(3)], [kd[s] for s in range(3)]).pvalue)
+  assert out["sft"]["std"] == 0.0 and out["sft"]["p"] is None  # equal differences
+  assert report.paired_differences([r for r in runs if r["method"] != "token_kd"]) == {}

@@ -173,7 +173,7 @@ def test_distractors_defeat_reading_by_position():
     if len(fed) == 1:
       return lookup.tool_call_text(tasks[i].subject)
     facts = fed[-1].split("<tool_response>")[1].split("</tool_response>")[0]
-    target = facts.split(";")[0].rstrip(".").split(" ")[1]
+    target = facts.split(". ")[1].rstrip(".").split(" ")[1]  # after the entity's own id
     if len(fed) <= len(tasks[i].relations):
       return lookup.tool_call_text(target)
     return f"The answer is {target}."
@@ -193,7 +193,7 @@ def test_env_runs_lookups_and_checks_the_answer_itself():
   assert env.reset().endswith("<|im_start|>assistant\n") and task.question in env.text
   r = env.step(lookup.tool_call_text(distractor))  # a wrong but existing entity
   assert r.valid_action and not r.done
-  assert lookup.entry_text(dict(task.kb)[distractor]) in r.observation
+  assert lookup.entry_text(distractor, dict(task.kb)[distractor]) in r.observation
   r = env.step(lookup.tool_call_text("1000"))
   assert not r.valid_action and not r.done and "error: no entry for 1000" in r.observation
   r = env.step('<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call>')
@@ -261,3 +261,53 @@ def test_example_pipeline_runs_on_the_lookup_env(tmp_path):
     assert run["num_tasks"] == cfg.num_eval_tasks and run["kl/action"] > 0
   records = agent_io.read_jsonl(tmp_path / "distill_data.jsonl")
   assert records and all(lookup.SYSTEM_PROMPT in r["text"] for r in records)
+
+
+def test_first_failure_names_the_hop_and_kind_of_an_error():
+  task = next(t for t in lookup.generate_tasks("train", 50, seed=0) if len(t.relations) == 2)
+  chain, entries = task.chain(), task.entries
+  text = lookup.expert_trajectory(task)
+  assert lookup.first_failure(task, text) is None
+  distractor = next(v for r, v in entries[chain[0]].items() if r != task.relations[0])
+  gold_read = f"The {task.relations[0]} is {chain[1]}."
+  misread = str(int(chain[1]) % 900 + 100)  # another id, unlikely a fact: digits
+  cases = {
+      (1, "distractor", distractor): text.replace(gold_read, gold_read.replace(chain[1],
+                                                                               distractor)),
+      (1, "relation", chain[1]): text.replace(gold_read, gold_read.replace(
+          task.relations[0], next(r for r in lookup.RELATIONS if r != task.relations[0]))),
+      (2, "copy", None): text.replace(f"The answer is {chain[2]}.", "The answer is 100."),
+      (0, "subject", None): text.replace(f'"entity": "{task.subject}"', '"entity": "100"', 1),
+      (2, "format", None): text.replace(f"The {task.relations[1]} is", "It is"),
+  }
+  if misread not in entries[chain[0]].values():
+    cases[(1, "digits", misread)] = text.replace(gold_read, gold_read.replace(chain[1], misread))
+  for expected, bad in cases.items():
+    assert bad != text and lookup.first_failure(task, bad) == expected, expected
+  # A reading failure of a model's episode in the environment.
+  episode = lookup.Env(task)
+  episode.reset()
+  episode.step(lookup.expert_turns(task)[0])
+  episode.step(f"<think>The {task.relations[0]} is {distractor}.</think>\n"
+               f"The answer is {distractor}.")
+  assert lookup.first_failure(task, episode.text) == (1, "distractor", distractor)
+
+
+def test_failure_counts_of_episodes():
+  tasks = lookup.generate_tasks("test", 6, seed=0)
+
+  def write(i, fed):  # the expert, but episodes 0 and 1 read the first listed fact at hop 1
+    turn = lookup.expert_turns(tasks[i])[len(fed) - 1]
+    if i < 2 and len(fed) == 2:
+      t = tasks[i]
+      first = next(v for r, v in t.entries[t.subject].items())
+      read = first if first != t.chain()[1] else "999"
+      turn = f"<think>The {t.relations[0]} is {read}.</think>\nThe answer is {read}."
+    return turn
+
+  episodes = agent_env.rollout(_ScriptedPolicy(write), tasks, env=lookup)
+  out = lookup.failure_counts(episodes)
+  assert out["success"] == pytest.approx(4 / 6) and out["num_tasks"] == 6
+  assert sum(out["failures"].values()) == 2
+  assert set(out["failures"]) <= {"hop 1: distractor", "hop 1: digits"}
+  assert out["misread_digits"] and set(out["misread_digits"]) <= {1, 2, 3}

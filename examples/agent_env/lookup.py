@@ -3,8 +3,8 @@
 A task asks a bridge question in the style of HotPotQA (Yang et al. 2018,
 "HotpotQA: A Dataset for Diverse, Explainable Multi-hop Question Answering"),
 such as ``Who is the friend of the partner of 643?``. The agent has one tool,
-``lookup``, that returns the knowledge-base entry of one entity: its
-``relation target`` facts. To answer, it looks up the subject, reads the fact
+``lookup``, that returns the knowledge-base entry of one entity: its id, then
+its facts, one ``relation target.`` sentence each (:func:`entry_text`). To answer, it looks up the subject, reads the fact
 of the first relation, whose target is the entity to look up next, and so on:
 the entity each action needs is only found in the previous observation, and each
 entry also holds facts of other relations (distractors) that lead elsewhere. It
@@ -34,12 +34,12 @@ task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
   <think>First, the partner of 643.</think>
   <tool_call>{"name": "lookup", "arguments": {"entity": "643"}}</tool_call><|im_end|>
   <|im_start|>user
-  <tool_response>mentor 656; partner 955; parent 945.</tool_response><|im_end|>
+  <tool_response>643. mentor 656. partner 955. parent 945.</tool_response><|im_end|>
   <|im_start|>assistant
   <think>The partner is 955. Next, the friend of 955.</think>
   <tool_call>{"name": "lookup", "arguments": {"entity": "955"}}</tool_call><|im_end|>
   <|im_start|>user
-  <tool_response>friend 945; student 643; sibling 656.</tool_response><|im_end|>
+  <tool_response>955. friend 945. student 643. sibling 656.</tool_response><|im_end|>
   <|im_start|>assistant
   <think>The friend is 945.</think>
   The answer is 945.<|im_end|>
@@ -59,6 +59,7 @@ and every relation at every hop occur in both splits.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import re
@@ -243,9 +244,16 @@ def prompt_text(task: Task) -> str:
   return base.prompt_text(SYSTEM_PROMPT, task.question)
 
 
-def entry_text(facts: tuple[tuple[str, str], ...]) -> str:
-  """What the tool returns for an entry: ``mentor 656; partner 955; parent 945.``"""
-  return "; ".join(f"{r} {t}" for r, t in facts) + "."
+def entry_text(name: str, facts: tuple[tuple[str, str], ...]) -> str:
+  """What the tool returns for the entry of ``name``: ``643. mentor 656. partner 955.
+  parent 945.`` (the entity, then one sentence per fact).
+
+  Every relation is preceded by an id and ``". "``, so the example's tokenizer (no
+  merges across digits) writes each relation as the same tokens in every fact
+  of every entry; with a ``"; "`` separator and no title, the first fact's
+  relation would be other tokens than the same relation further on.
+  """
+  return ". ".join([name] + [f"{r} {t}" for r, t in facts]) + "."
 
 
 def tool_call_text(entity: str) -> str:
@@ -275,6 +283,78 @@ def expert_trajectory(task: Task) -> str:
   for turn in turns:
     env.step(turn)
   return env.text
+
+
+FAILURES = ("subject", "relation", "distractor", "digits", "copy", "format")
+_READ = re.compile(r"<think>The (\w+) is (\d+)\.")
+
+
+def first_failure(task: Task, text: str) -> tuple[int, str, str | None] | None:
+  """Where an episode's text first leaves the expert's path, or None if it never does.
+
+  Returns:
+    ``(hop, kind, read)``: hop ``0`` is the first lookup (of the subject), hop
+    ``i >= 1`` the reading of the ``i``-th observation and the call or answer
+    after it; ``kind`` one of :data:`FAILURES`: ``subject`` (the first call is not
+    the subject), ``relation`` (the reasoning names another relation than hop
+    ``i``'s), ``distractor`` (it reads the id of another fact of the entry),
+    ``digits`` (an id that is no fact of the entry: digits of several ids or
+    none), ``copy`` (the call or answer does not repeat the id read), ``format``
+    (no ``The RELATION is ID.`` reading, a missing turn, another call); ``read``:
+    the id read at a reading failure, else None.
+  """
+  turns = [t.split(IM_END)[0] for t in text.split(f"{base.IM_START}assistant\n")[1:]]
+  chain, entries = task.chain(), task.entries
+
+  def target(turn: str) -> str | None:
+    try:
+      entity = base.parse_tool_call(turn, "lookup", "entity")
+    except base.ToolCallError:
+      return None
+    if entity is not None:
+      return entity
+    answer = _ANSWER.search(turn)
+    return answer.group(1) if answer else None
+
+  if not turns or target(turns[0]) != task.subject:
+    return 0, "subject", None
+  for hop, relation in enumerate(task.relations, start=1):
+    read = _READ.search(turns[hop]) if hop < len(turns) else None
+    if read is None:
+      return hop, "format", None
+    name, value = read.groups()
+    if name != relation:
+      return hop, "relation", value
+    if value != chain[hop]:
+      kind = "distractor" if value in entries[chain[hop - 1]].values() else "digits"
+      return hop, kind, value
+    if target(turns[hop]) != value:
+      return hop, "copy", None
+  return None
+
+
+def failure_counts(episodes) -> dict:
+  """Success and first failures of lookup episodes (:class:`examples.agent_env.Episode` s).
+
+  Returns:
+    ``success``, ``num_tasks``, ``failures`` ``{"hop H: kind": count}`` over the
+    failed episodes (:func:`first_failure`), and ``misread_digits``
+    ``{position: count}``: the (1-based) digit positions read wrong at the
+    reading failures (``distractor`` and ``digits``).
+  """
+  kinds, digits = collections.Counter(), collections.Counter()
+  for e in episodes:
+    if e.success:
+      continue
+    hop, kind, read = first_failure(e.task, e.text) or (None, "none", None)
+    kinds[f"hop {hop}: {kind}"] += 1
+    if read is not None and kind in ("distractor", "digits"):
+      gold = e.task.chain()[hop]
+      digits.update(j + 1 for j in range(max(len(gold), len(read)))
+                    if gold[j:j + 1] != read[j:j + 1])
+  return {"success": sum(e.success for e in episodes) / len(episodes),
+          "num_tasks": len(episodes), "failures": dict(kinds.most_common()),
+          "misread_digits": dict(sorted(digits.items()))}
 
 
 class LookupEnv(base.ToolEnv):
@@ -308,7 +388,7 @@ class LookupEnv(base.ToolEnv):
     if entity is not None:
       if entity not in self._kb:
         return f"error: no entry for {entity}", False, False
-      return entry_text(self._kb[entity]), True, False
+      return entry_text(entity, self._kb[entity]), True, False
     match = _ANSWER.search(content)
     return None, match is not None, match is not None and match.group(1) == self._answer
 
