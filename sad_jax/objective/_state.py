@@ -136,8 +136,7 @@ def push_loss(state: SADState, loss: chex.Array) -> SADState:
   size = state.loss_history.shape[0]
   slot = state.history_count % size
   return state.replace(
-      loss_history=jax.lax.dynamic_update_slice(  # a slice update, not a scatter
-          state.loss_history, jnp.asarray(loss, jnp.float32)[None], (slot,)),
+      loss_history=state.loss_history.at[slot].set(jnp.asarray(loss, jnp.float32)),
       history_count=state.history_count + 1)
 
 
