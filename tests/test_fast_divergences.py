@@ -225,6 +225,23 @@ def test_with_statistics_matches_float64_definitions(blocked):
       assert np.isnan(aux["student_entropy"][2, 2]) and np.isnan(aux["teacher_entropy"][2, 3])
 
 
+def test_agreement_with_and_without_ties():
+  """Blocks of unique maxima take the one-sum path, blocks with a tie the first-index
+  reduction: both give [first argmax s == first argmax t]; non-finite rows give 0."""
+  rng = np.random.default_rng(9)
+  for vocab in (1, 2, 7, 64):
+    unique = rng.permutation(np.arange(32 * vocab)).reshape(32, vocab).astype(np.float32)
+    tied = rng.integers(-2, 3, (32, vocab)).astype(np.float32)  # many ties
+    for s, t in ((unique, unique[::-1].copy()), (unique, unique), (tied, tied[::-1].copy())):
+      s, t = s.copy(), t.copy()
+      s[0, 0], t[1, -1], s[2] = np.nan, np.inf, -np.inf
+      where = rng.uniform(size=32) > 0.2
+      expected = (np.argmax(s, -1) == np.argmax(t, -1)) & where
+      expected[:3] = False
+      got = _jit(D.statistics)(s, t, where)[0]["agreement"]
+      np.testing.assert_array_equal(got, expected.astype(np.float32), err_msg=str(vocab))
+
+
 def test_statistics_pass_matches_float64_definitions(blocked):
   s, t, where = _statistics_inputs()
   sb, tb = jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16)

@@ -388,7 +388,7 @@ def _tv_rows(a: _Parts, b: _Parts) -> jax.Array:
                        keepdims=True)
 
 
-STATISTICS_SHRINK = 4
+STATISTICS_SHRINK = 16
 """Blocks computing the statistics hold about this many times more block-sized
 intermediates, so they take ``BLOCK_ELEMENTS // STATISTICS_SHRINK`` elements (kept in
 cache; ``benchmarks/divergence_speed.py --sad-loss`` times the effect)."""
@@ -397,7 +397,7 @@ STATISTICS = ("teacher_entropy", "student_entropy", "kl_t1", "agreement", "total
 """The per-token teacher / student statistics at :math:`T = 1` (see :func:`statistics`)."""
 
 
-def _agreement(s: jax.Array, t: jax.Array) -> jax.Array:
+def _first_max_agreement(s: jax.Array, t: jax.Array) -> jax.Array:
   """``[a, rb, 1]``: ``argmax(s) == argmax(t)`` (first indices of the row maxima), as 0 / 1.
 
   One min-reduction, of arithmetic only (XLA vectorizes it; its variadic argmax
@@ -419,10 +419,36 @@ def _agreement(s: jax.Array, t: jax.Array) -> jax.Array:
   return (first == jnp.floor(first)).astype(s.dtype)
 
 
-def _statistics_rows(s: jax.Array, t: jax.Array, qs: _Parts, pt: _Parts) -> dict:
-  """The :data:`STATISTICS` of the rows of ``s, t [a, rb, V]`` from their parts at T = 1."""
+def _agreement(s: jax.Array, t: jax.Array, where: jax.Array) -> jax.Array:
+  """:func:`_first_max_agreement` of the rows of ``s, t [a, rb, V]``, 0 outside ``where``.
+
+  One sum first: with the indicators ``a_i = [s_i = max s]``, ``b_i = [t_i = max t]``,
+  ``S = sum(a + b + ab / 2) = n_s + n_t + c / 2`` (``n`` the number of maxima, ``c``
+  the number of common ones; exact below ``2^21`` entries). On a row whose maxima are
+  finite, ``n_s, n_t >= 1`` and ``c <= min(n_s, n_t)``, so ``S`` is 2.5 exactly when both
+  maxima are unique and at the same index, and 2 exactly when they are unique at
+  different indices. Only a block with a trained row outside these cases (a tie) runs
+  the first-index reduction of :func:`_first_max_agreement`; a row with a NaN, an
+  ``inf`` or only ``-inf`` gives 0, as there.
+  """
+  m_s, m_t = jnp.max(s, axis=-1, keepdims=True), jnp.max(t, axis=-1, keepdims=True)
+  a, b = (s == m_s).astype(s.dtype), (t == m_t).astype(s.dtype)
+  total = jnp.sum(a * (1.0 + 0.5 * b) + b, axis=-1, keepdims=True)
+  finite = (jnp.abs(m_s) < jnp.inf) & (jnp.abs(m_t) < jnp.inf)
+  unique = (total == 2.0) | (total == 2.5)
+  fast = jnp.where(finite & unique, (total == 2.5).astype(s.dtype), 0.0)
+  tied = where & finite & ~unique
+  return jax.lax.cond(jnp.any(tied),
+                      lambda: jnp.where(tied, _first_max_agreement(s, t), fast),
+                      lambda: fast)
+
+
+def _statistics_rows(s: jax.Array, t: jax.Array, qs: _Parts, pt: _Parts,
+                     where: jax.Array) -> dict:
+  """The :data:`STATISTICS` of the rows of ``s, t [a, rb, V]`` from their parts at T = 1
+  (the agreement: on the rows in ``where [a, rb, 1]``)."""
   return dict(teacher_entropy=_entropy_rows(pt), student_entropy=_entropy_rows(qs),
-              kl_t1=_cross(pt, qs), agreement=_agreement(s, t),
+              kl_t1=_cross(pt, qs), agreement=_agreement(s, t, where),
               total_variation=_tv_rows(qs, pt))
 
 
@@ -445,7 +471,7 @@ def _block_statistics(s, t, where, parts=None, known=None):
   """
   if parts is None:
     parts = _softmax_parts(s, 1.0), _softmax_parts(t, 1.0)
-  stats = dict(_statistics_rows(s, t, *parts), **(known or {}))
+  stats = dict(_statistics_rows(s, t, *parts, where), **(known or {}))
   return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
 
 
@@ -524,8 +550,11 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
 
     def run(shared):
       def go():
+        # At T = 1 the scale is the constant 1 (exactly 1 / temperature there), so XLA
+        # folds the scaling of the blocks away.
+        scale = jnp.ones_like(inv_t) if shared else inv_t
         value, aux, stats = _map_row_blocks(
-            lambda *xs: block_fwd(*xs, inv_t, shared), (s, t, where, stats_where),
+            lambda *xs: block_fwd(*xs, scale, shared), (s, t, where, stats_where),
             1 if stats_where is None else STATISTICS_SHRINK)
         return (value[..., 0], {k: v[..., 0] for k, v in aux.items()}), stats
       return go
