@@ -256,7 +256,8 @@ def test_example_pipeline_runs_on_the_lookup_env(tmp_path):
   cfg = agent_distill.get_config("smoke,env=lookup")
   assert cfg.env == "lookup" and dict(cfg.env_options) == lookup.OPTIONS
   summary = da.run(cfg, tmp_path)
-  assert set(summary["methods"]) == {"sft", "sad"}
+  assert set(summary["methods"]) == set(agent_io.csv_list(cfg.methods))
+  assert {"sft", "sad", "on_policy_sad"} <= set(summary["methods"])
   for run in summary["runs"]:
     assert run["num_tasks"] == cfg.num_eval_tasks and run["kl/action"] > 0
   records = agent_io.read_jsonl(tmp_path / "distill_data.jsonl")
