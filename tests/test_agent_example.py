@@ -15,6 +15,7 @@ from examples.agent_env import calculator as calc  # noqa: E402
 from examples.agent_env import loop as rollout_lib  # noqa: E402
 from sad_jax.data import trajectories as tj
 from sad_jax.objective._spans import SpanType  # noqa: E402
+from scripted_policy import ScriptedPolicy  # noqa: E402
 
 
 # ---------------------------------------------------------------- environment
@@ -96,30 +97,10 @@ def test_calculator_rejects(expr):
     calc.evaluate_expression(expr)
 
 
-class _ScriptedPolicy:
-  """Answers from a fixed script and records what the loop fed it."""
-
-  def __init__(self, scripts):
-    self.scripts = scripts
-    self.fed: dict[int, list[str]] = {}
-
-  def begin(self, n):
-    self.fed = {i: [] for i in range(n)}
-
-  def act(self, feeds):
-    out = {}
-    for i, text in feeds.items():
-      self.fed[i].append(text)
-      out[i] = self.scripts[i][len(self.fed[i]) - 1]
-    return out
-
-
 def test_rollout_loop_with_a_scripted_policy():
   tasks = [calc.Task((2, 3), ("*",)), calc.Task((4, 5, 6), ("+", "-"))]
-  policy = _ScriptedPolicy([
-      [calc.tool_call_text("2 * 3"), "The answer is 6."],
-      ["oops", "never used"],
-  ])
+  scripts = [[calc.tool_call_text("2 * 3"), "The answer is 6."], ["oops", "never used"]]
+  policy = ScriptedPolicy(lambda i, fed: scripts[i][len(fed) - 1])
   eps = rollout_lib.rollout(policy, tasks, env=calc, max_turns=5)
   assert [e.success for e in eps] == [True, False]
   assert [e.turns for e in eps] == [2, 1]

@@ -16,6 +16,7 @@ from examples import agent_env  # noqa: E402
 from examples.agent_env import lookup  # noqa: E402
 from sad_jax.data import trajectories as tj  # noqa: E402
 from sad_jax.objective._spans import SpanType  # noqa: E402
+from scripted_policy import ScriptedPolicy  # noqa: E402
 
 
 def _names(task: lookup.Task) -> set[str]:
@@ -24,24 +25,6 @@ def _names(task: lookup.Task) -> set[str]:
 
 def _compositions(task: lookup.Task) -> set[tuple[str, str]]:
   return set(zip(task.relations, task.relations[1:]))
-
-
-class _ScriptedPolicy:
-  """Writes each episode's turns with ``write(i, feeds_so_far)``; records the feeds."""
-
-  def __init__(self, write):
-    self.write = write
-    self.fed: dict[int, list[str]] = {}
-
-  def begin(self, n):
-    self.fed = {i: [] for i in range(n)}
-
-  def act(self, feeds):
-    out = {}
-    for i, text in feeds.items():
-      self.fed[i].append(text)
-      out[i] = self.write(i, self.fed[i])
-    return out
 
 
 # ------------------------------------------------------------------- tasks
@@ -178,7 +161,7 @@ def test_distractors_defeat_reading_by_position():
       return lookup.tool_call_text(target)
     return f"The answer is {target}."
 
-  episodes = agent_env.rollout(_ScriptedPolicy(first_fact), tasks, env=lookup)
+  episodes = agent_env.rollout(ScriptedPolicy(first_fact), tasks, env=lookup)
   assert all(e.valid_actions == e.turns for e in episodes)  # every lookup is of a real entry
   rate = np.mean([e.success for e in episodes])
   assert 0.0 < rate < 0.3, rate
@@ -306,7 +289,7 @@ def test_failure_counts_of_episodes():
       turn = f"<think>The {t.relations[0]} is {read}.</think>\nThe answer is {read}."
     return turn
 
-  episodes = agent_env.rollout(_ScriptedPolicy(write), tasks, env=lookup)
+  episodes = agent_env.rollout(ScriptedPolicy(write), tasks, env=lookup)
   out = lookup.failure_counts(episodes)
   assert out["success"] == pytest.approx(4 / 6) and out["num_tasks"] == 6
   assert sum(out["failures"].values()) == 2
