@@ -18,8 +18,8 @@ Presets:
 * ``default`` -- the README command: data, tokenizer, a 0.49M-parameter teacher
   (30000 demonstrations, 3250 steps: 91.7% held-out success when measured), then a
   5.4x smaller student distilled with SFT, token-level KD and SAD (one seed, 1000
-  steps each), each evaluated on 1000 held-out tasks. 13 min 52 s from scratch on
-  the 2-core CPU when measured (README, "End-to-end agent distillation").
+  steps each), each evaluated on 1000 held-out tasks. 25 min 11 s from scratch on
+  the 2-core CPU when measured (README, "Two commands").
 * ``study`` -- the method comparison: every method (SFT, token-level KD, SAD
   ``paper``, the other SAD weighting strategies and the on-policy methods) x 5
   seeds, the ``default`` teacher trained 3500 steps, its rollouts on 20000
