@@ -16,6 +16,7 @@ from examples.agent_env import loop as rollout_lib  # noqa: E402
 from sad_jax.data import trajectories as tj
 from sad_jax.objective._spans import SpanType  # noqa: E402
 from scripted_policy import ScriptedPolicy  # noqa: E402
+from interrupt import interrupt_at  # noqa: E402
 
 
 # ---------------------------------------------------------------- environment
@@ -213,13 +214,7 @@ def test_interrupted_training_resumes_to_the_same_params(tmp_path, tokenizer):
 
   no_eval = lambda p: {}
   state, step = fresh()
-  calls = {"n": 0}
-
-  def interrupting_step(state, batch):
-    calls["n"] += 1
-    if calls["n"] == 6:
-      raise KeyboardInterrupt
-    return step(state, batch)
+  interrupting_step = interrupt_at(step, 6)
 
   run = agent_train.run_training
   with pytest.raises(KeyboardInterrupt):

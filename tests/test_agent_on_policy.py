@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from interrupt import interrupt_at
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -211,13 +212,7 @@ def test_resume_mid_on_policy_phase_is_exact(tmp_path, tokenizer):
         run_dir / "pools", tokenizer, start=0, rollout_every=3, seq_lens=[208, 256])
 
   fresh = lambda: training.init_train_state(params, tx, recipe.loss)
-  calls = {"n": 0}
-
-  def interrupting_step(state, batch):
-    calls["n"] += 1
-    if calls["n"] == 6:
-      raise KeyboardInterrupt
-    return step(state, batch)
+  interrupting_step = interrupt_at(step, 6)
 
   run, no_eval = agent_train.run_training, lambda p: {}
   a, b = tmp_path / "a", tmp_path / "b"
