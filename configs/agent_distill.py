@@ -98,9 +98,9 @@ ALL_METHODS = ("sft", "token_kd", "sad") + tuple(f"sad_{s}" for s in SAD_STRATEG
 ON_POLICY_METHODS = ("on_policy_kd", "on_policy_sad", "on_policy_sad_turns")
 
 
-def _model(d_model, num_layers, num_heads, d_ff):
+def _model(d_model, num_layers, num_heads, d_ff, positions="learned"):
   return ml_collections.ConfigDict(dict(d_model=d_model, num_layers=num_layers,
-                                        num_heads=num_heads, d_ff=d_ff))
+                                        num_heads=num_heads, d_ff=d_ff, positions=positions))
 
 
 def parse_arg(arg: str | None) -> tuple[str, str]:

@@ -48,12 +48,13 @@ AGENT_SPANS = ml_collections.ConfigDict(dict(
 
 
 def model(model_cfg, cfg, tokenizer, seed: int):
-  """``(graphdef, params)`` of a new :class:`examples.agent_lm.Transformer`: shape from
-  ``model_cfg`` (``d_model``, ``num_layers``, ``num_heads``, ``d_ff``), vocabulary from
-  the tokenizer, ``cfg.max_len`` positions."""
+  """``(graphdef, params)`` of a new :class:`examples.agent_lm.Transformer`: shape and
+  position encoding from ``model_cfg`` (``d_model``, ``num_layers``, ``num_heads``,
+  ``d_ff``, ``positions``), vocabulary from the tokenizer, ``cfg.max_len`` positions."""
   mcfg = lm.ModelConfig(vocab_size=tokenizer.get_vocab_size(), d_model=model_cfg.d_model,
                         num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads,
-                        d_ff=model_cfg.d_ff, max_len=cfg.max_len)
+                        d_ff=model_cfg.d_ff, max_len=cfg.max_len,
+                        positions=model_cfg.positions)
   return lm.create_model(mcfg, seed)
 
 

@@ -115,10 +115,11 @@ def test_rollout_loop_with_a_scripted_policy():
 # ------------------------------------------------------------ models, pipeline
 
 
-def _tiny_lm(vocab_size, seed=0):
+def _tiny_lm(vocab_size, seed=0, positions="learned"):
   from examples import agent_lm as lm
   return lm.create_model(lm.ModelConfig(vocab_size=vocab_size, d_model=16, num_layers=1,
-                                        num_heads=2, d_ff=32, max_len=256), seed)
+                                        num_heads=2, d_ff=32, max_len=256,
+                                        positions=positions), seed)
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +146,13 @@ def test_tokenizer_round_trip_and_agent_span_ids(tokenizer):
   assert all(len(d) == 1 for d in digits)
 
 
-def test_kv_cache_decode_matches_full_forward(tokenizer):
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_kv_cache_decode_matches_full_forward(tokenizer, positions):
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
   from examples import agent_lm as lm
-  graphdef, params = _tiny_lm(tokenizer.get_vocab_size())
+  graphdef, params = _tiny_lm(tokenizer.get_vocab_size(), positions=positions)
   ids = lm.encode_trajectory(calc.expert_trajectory(calc.Task((3, 4), ("+",))), tokenizer).ids
   tokens = jnp.asarray(np.stack([ids, ids[::-1]]))
   full = lm.make_apply(graphdef)(params, tokens)
@@ -181,6 +183,22 @@ def test_query_blocks_change_no_logit(t):
     np.testing.assert_allclose(blocked(tokens), one, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="query_blocks=0"):
     dataclasses.replace(cfg, query_blocks=0)
+
+
+def test_rotary_scores_depend_on_the_offset_only():
+  import jax
+  import numpy as np
+  from examples import agent_lm as lm
+  q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 8))
+  def score(i, j):
+    return float((lm.rotate(q, np.array([i])) * lm.rotate(k, np.array([j]))).sum())
+  assert abs(score(5, 2) - score(40, 37)) < 1e-4
+  assert abs(score(5, 2) - score(5, 3)) > 1e-3
+  np.testing.assert_allclose(lm.rotate(q, np.array([0])), q)
+  with pytest.raises(ValueError, match="positions='alibi'"):
+    lm.ModelConfig(vocab_size=8, positions="alibi")
+  with pytest.raises(ValueError, match="even head width"):
+    lm.ModelConfig(vocab_size=8, d_model=6, num_heads=2, positions="rope")
 
 
 def test_model_policy_runs_episodes_in_a_batch(tokenizer):
