@@ -253,7 +253,7 @@ def test_first_failure_names_the_hop_and_kind_of_an_error():
   text = lookup.expert_trajectory(task)
   assert lookup.first_failure(task, text) is None
   distractor = next(v for r, v in entries[chain[0]].items() if r != task.relations[0])
-  gold_read = f"The {task.relations[0]} is {chain[1]}."
+  gold_read = lookup.reading_text(chain[0], task.relations[0], chain[1])
   misread = str(int(chain[1]) % 900 + 100)  # another id, unlikely a fact: digits
   cases = {
       (1, "distractor", distractor): text.replace(gold_read, gold_read.replace(chain[1],
@@ -262,7 +262,7 @@ def test_first_failure_names_the_hop_and_kind_of_an_error():
           task.relations[0], next(r for r in lookup.RELATIONS if r != task.relations[0]))),
       (2, "copy", None): text.replace(f"The answer is {chain[2]}.", "The answer is 100."),
       (0, "subject", None): text.replace(f'"entity": "{task.subject}"', '"entity": "100"', 1),
-      (2, "format", None): text.replace(f"The {task.relations[1]} is", "It is"),
+      (2, "format", None): text.replace(f"<think>{chain[1]}. {task.relations[1]}", "<think>It is"),
   }
   if misread not in entries[chain[0]].values():
     cases[(1, "digits", misread)] = text.replace(gold_read, gold_read.replace(chain[1], misread))
@@ -272,8 +272,8 @@ def test_first_failure_names_the_hop_and_kind_of_an_error():
   episode = lookup.Env(task)
   episode.reset()
   episode.step(lookup.expert_turns(task)[0])
-  episode.step(f"<think>The {task.relations[0]} is {distractor}.</think>\n"
-               f"The answer is {distractor}.")
+  episode.step(f"<think>{lookup.reading_text(chain[0], task.relations[0], distractor)}"
+               f"</think>\nThe answer is {distractor}.")
   assert lookup.first_failure(task, episode.text) == (1, "distractor", distractor)
 
 
@@ -286,7 +286,8 @@ def test_failure_counts_of_episodes():
       t = tasks[i]
       first = next(v for r, v in t.entries[t.subject].items())
       read = first if first != t.chain()[1] else "999"
-      turn = f"<think>The {t.relations[0]} is {read}.</think>\nThe answer is {read}."
+      turn = (f"<think>{lookup.reading_text(t.subject, t.relations[0], read)}</think>\n"
+              f"The answer is {read}.")
     return turn
 
   episodes = agent_env.rollout(ScriptedPolicy(write), tasks, env=lookup)

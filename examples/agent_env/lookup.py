@@ -36,17 +36,17 @@ task 0 of ``generate_tasks("train", 50, seed=0)`` with two hops)::
   <|im_start|>user
   <tool_response>643. mentor 656. partner 955. parent 945.</tool_response><|im_end|>
   <|im_start|>assistant
-  <think>The partner is 955. Next, the friend of 955.</think>
+  <think>643. partner 955. Next, the friend of 955.</think>
   <tool_call>{"name": "lookup", "arguments": {"entity": "955"}}</tool_call><|im_end|>
   <|im_start|>user
   <tool_response>955. friend 945. student 643. sibling 656.</tool_response><|im_end|>
   <|im_start|>assistant
-  <think>The friend is 945.</think>
+  <think>955. friend 945.</think>
   The answer is 945.<|im_end|>
 
 The expert's reasoning carries what its next action needs: the fact it picked
-out of the observation (``The partner is 955``) and the relation to follow
-next; the action copies the id from it.
+out of the observation, quoted as the entry writes it (``643. partner 955.``),
+and the relation to follow next; the action copies the id from it.
 
 Splits. An id whose digit sum is a multiple of 7 (``700``, ``158``; 126 of the
 900 ids) is a *held-out entity*. A pair of consecutive relations (``relation``
@@ -261,16 +261,31 @@ def tool_call_text(entity: str) -> str:
   return base.tool_call_text("lookup", {"entity": entity})
 
 
+def reading_text(entity: str, relation: str, target: str) -> str:
+  """The expert's reading of a fact: ``643. partner 955.``, the fact as the entry of
+  ``entity`` writes it (:func:`entry_text`), quoted after the entry's id.
+
+  Quoted so, the relation is the same token as in the observation and the target
+  follows it as there: copying the target is matching the tokens just written
+  against the observation's and continuing (an induction-style copy), the
+  mechanism a small transformer learns (Olsson et al. 2022, "In-context Learning
+  and Induction Heads").
+  """
+  return f"{entity}. {relation} {target}."
+
+
 def expert_turns(task: Task) -> list[str]:
   """The expert's assistant turns (each ends with ``<|im_end|>``): one lookup per hop, then
-  the answer. Each reasoning states the fact just read and the relation to follow next."""
+  the answer. Each reasoning quotes the fact just read (:func:`reading_text`) and
+  names the relation to follow next."""
   chain = task.chain()
   turns = []
   for i, relation in enumerate(task.relations):
-    found = "First" if i == 0 else f"The {task.relations[i - 1]} is {chain[i]}. Next"
+    found = "First" if i == 0 else (
+        reading_text(chain[i - 1], task.relations[i - 1], chain[i]) + " Next")
     turns.append(f"<think>{found}, the {relation} of {chain[i]}.</think>\n"
                  f"{tool_call_text(chain[i])}{IM_END}")
-  turns.append(f"<think>The {task.relations[-1]} is {chain[-1]}.</think>\n"
+  turns.append(f"<think>{reading_text(chain[-2], task.relations[-1], chain[-1])}</think>\n"
                f"The answer is {chain[-1]}.{IM_END}")
   return turns
 
@@ -286,7 +301,7 @@ def expert_trajectory(task: Task) -> str:
 
 
 FAILURES = ("subject", "relation", "distractor", "digits", "copy", "format")
-_READ = re.compile(r"<think>The (\w+) is (\d+)\.")
+_READ = re.compile(r"<think>\d+\. (\w+) (\d+)\.")
 
 
 def first_failure(task: Task, text: str) -> tuple[int, str, str | None] | None:
@@ -300,7 +315,7 @@ def first_failure(task: Task, text: str) -> tuple[int, str, str | None] | None:
     ``i``'s), ``distractor`` (it reads the id of another fact of the entry),
     ``digits`` (an id that is no fact of the entry: digits of several ids or
     none), ``copy`` (the call or answer does not repeat the id read), ``format``
-    (no ``The RELATION is ID.`` reading, a missing turn, another call); ``read``:
+    (no ``ID. RELATION ID.`` reading, a missing turn, another call); ``read``:
     the id read at a reading failure, else None.
   """
   turns = [t.split(IM_END)[0] for t in text.split(f"{base.IM_START}assistant\n")[1:]]
