@@ -190,3 +190,23 @@ def test_one_merge_for_the_objective_and_the_training_config():
   with pytest.raises(ValueError, match=r"config.accumulation_steps = 2.5 is invalid; allowed: "
                                        r"a value of type int"):
     train.resolve_config({"accumulation_steps": 2.5})
+
+
+def test_statistics_are_what_the_config_asks_plus_what_the_objective_reads():
+  cfg = config_lib.default_config()
+  assert config_lib.statistic_names(cfg) == ("kl_t1",)
+  cfg.statistics = "all"
+  assert len(config_lib.statistic_names(cfg)) == 5
+  cfg.statistics = " total_variation, student_entropy "
+  assert config_lib.statistic_names(cfg) == ("student_entropy", "kl_t1", "total_variation")
+  cfg.statistics = ""
+  cfg.adaptive_temperature.enabled = True
+  assert config_lib.statistic_names(cfg) == ("kl_t1", "agreement")
+  cfg.adaptive_temperature.enabled = False
+  cfg.weighting = "confidence_based"
+  assert config_lib.statistic_names(cfg) == ("teacher_entropy", "kl_t1")
+  cfg.weighting = "difficulty_aware"
+  assert config_lib.statistic_names(cfg) == ("kl_t1", "total_variation")
+  cfg.statistics = "kl_t1,entropy"
+  with pytest.raises(ValueError, match=r"config.statistics = 'kl_t1,entropy'.*entropy"):
+    config_lib.validate(cfg)

@@ -272,3 +272,34 @@ def test_with_statistics_rejects_unfused_names():
     D.with_statistics("symmetric_kl", s, t)
   with pytest.raises(ValueError, match="beta"):
     D.with_statistics("generalized_jsd", s, t, beta=1.0)
+
+
+def test_statistics_subsets_equal_the_full_pass_and_form_only_what_is_asked(blocked):
+  """Any subset of the statistics, in the kernels (T = 1 and T != 1) and the standalone
+  pass, equals those entries of the full set; only the named ones come back."""
+  s, t, where = _statistics_inputs()
+  subsets = [("kl_t1",), ("agreement",), ("teacher_entropy", "total_variation")]
+
+  @_jit
+  def run(s, t, temperature):
+    full = {name: D.with_statistics(name, s, t, temperature=temperature, where=where,
+                                    statistics=where, **KWARGS.get(name, {}))[1]
+            for name in FAST}
+    parts = {(name, names): D.with_statistics(
+        name, s, t, temperature=temperature, where=where, statistics=where, names=names,
+        **KWARGS.get(name, {}))[1] for name in FAST for names in subsets}
+    alone = {names: D.statistics(s, t, where, names)[0] for names in subsets}
+    return full, parts, alone, D.statistics(s, t, where)[0]
+
+  for temperature in (1.0, 1.7):
+    full, parts, alone, every = run(s, t, jnp.float32(temperature))
+    for (name, names), aux in parts.items():
+      assert set(aux) == {"finite", *names}, (name, names)
+      for k in names:
+        np.testing.assert_array_equal(aux[k], full[name][k], err_msg=f"{name} {k}")
+    for names, stats in alone.items():
+      assert set(stats) == set(names)
+      for k in names:
+        np.testing.assert_array_equal(stats[k], every[k], err_msg=k)
+  with pytest.raises(ValueError, match="unknown statistics.*entropy"):
+    D.statistics(s, t, where, ("entropy",))

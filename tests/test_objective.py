@@ -384,3 +384,27 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="generalized_jsd.*beta"):
     objective.sad_loss(STUDENT, TEACHER, IDS, st,
                        cfg_with(divergence="generalized_jsd", divergence_kwargs={"beta": 1.0}))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_metrics_carry_the_configured_statistics_and_nothing_else_changes(temperature):
+  """The default computes ``kl_t1`` only; ``statistics='all'`` adds the others without
+  changing loss, gradient, the shared metrics or the next state."""
+  (loss, (metrics, st)), grad = loss_and_grad(STUDENT, TEACHER, IDS, cfg_with(),
+                                              temperature=temperature)
+  (loss_all, (metrics_all, st_all)), grad_all = loss_and_grad(
+      STUDENT, TEACHER, IDS, cfg_with(statistics="all"), temperature=temperature)
+  assert "kl_t1" in metrics and not {"teacher_entropy", "student_entropy", "agreement",
+                                     "total_variation"} & set(metrics)
+  assert set(metrics_all) == set(metrics) | set(divergences.STATISTICS)
+  np.testing.assert_array_equal(loss, loss_all)
+  np.testing.assert_array_equal(grad, grad_all)
+  for k in metrics:
+    np.testing.assert_array_equal(metrics[k][0], metrics_all[k][0], err_msg=k)
+  jax.tree.map(np.testing.assert_array_equal, st, st_all)
+  # The per-span teacher entropy of the trained tokens (reasoning, action) is the
+  # float64 definition's.
+  where = (IDS == R) | (IDS == A)
+  h = np_entropy(np_softmax(np.asarray(TEACHER, np.float64)))
+  sums = np.asarray(metrics_all["teacher_entropy"][0])
+  np.testing.assert_allclose(sums[R] + sums[A], h[where].sum(), rtol=1e-5)

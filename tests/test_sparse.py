@@ -266,7 +266,8 @@ def _sad_loss_and_grad(s, teacher, overrides):
 def test_sad_loss_with_k_equals_v_equals_dense(tail):
   """Loss, gradient and every metric (the teacher statistics included) match."""
   s, t = _logits(20, (2, 4, 9)), _logits(21, (2, 4, 9))
-  overrides = (("weighting", "confidence_based"),)  # weights from the teacher entropy
+  overrides = (("weighting", "confidence_based"),  # weights from the teacher entropy
+               ("statistics", "all"))
   (loss, (metrics, _)), grad = _sad_loss_and_grad(
       s, S.top_k_teacher(t, 9, tail=tail), overrides)
   (ref, (ref_metrics, _)), ref_grad = _sad_loss_and_grad(s, jnp.asarray(t), overrides)
@@ -282,7 +283,8 @@ def test_sad_loss_with_k_equals_v_equals_dense(tail):
 def test_sad_loss_with_top_k_teacher_is_close():
   """A peaked teacher's top-16 of 64 carries almost all its mass: loss and grads close."""
   s, t = _logits(22, (2, 4, 64)), 4.0 * _logits(23, (2, 4, 64))
-  overrides = (("divergence", "generalized_jsd"), ("normalization", "span_mean"))
+  overrides = (("divergence", "generalized_jsd"), ("normalization", "span_mean"),
+               ("statistics", "all"))
   (loss, (metrics, _)), grad = _sad_loss_and_grad(s, S.top_k_teacher(t, 16), overrides)
   (ref, (ref_metrics, _)), ref_grad = _sad_loss_and_grad(s, jnp.asarray(t), overrides)
   assert np.isfinite(loss) and np.all(np.isfinite(grad))

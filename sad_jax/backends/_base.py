@@ -7,18 +7,19 @@ normalization, metrics, state) is backend-independent. A backend provides:
 * ``check(config, teacher_kind)`` -- refuses, when a loss is built, a setting it cannot
   compute (the reasons come from :mod:`sad_jax.losses._registry`);
 * ``token_shape(student)`` / ``vocab_size(student)``;
-* ``statistics(student, teacher, where)`` -- the per-token teacher statistics at
-  :math:`T = 1` (``teacher_entropy``, ``student_entropy``, ``kl_t1``, ``agreement``,
-  ``total_variation``), ``float32 [B, T]``, no gradient, 0 outside ``where``;
+* ``statistics(student, teacher, where, names)`` -- the per-token teacher statistics
+  at :math:`T = 1` named in ``names`` (``"all"`` or some of ``teacher_entropy``,
+  ``student_entropy``, ``kl_t1``, ``agreement``, ``total_variation``), ``float32
+  [B, T]``, no gradient, 0 outside ``where``;
 * ``terms(student, teacher, terms, *, where, coefficients, temperature, labels,
-  span_ids, axis_name, statistics)`` -- the per-token loss terms of :class:`Terms`
-  and :math:`\sum_n c_n \ell_n` (differentiable w.r.t. the student), where
+  span_ids, axis_name, statistics, statistic_names)`` -- the per-token loss terms of
+  :class:`Terms` and :math:`\sum_n c_n \ell_n` (differentiable w.r.t. the student), where
   :math:`\ell` is :meth:`Terms.combine` and :math:`c` are the reduction's per-token
   coefficients (:func:`sad_jax.objective.token_coefficients`); returns ``(total,
   values)`` with ``values`` the per-token terms, ``loss`` (:math:`\ell`), ``finite``
   (bool: the token's student and teacher inputs are finite or ``-inf``) and, when
-  ``statistics`` is a mask, the statistics computed in the same pass, all under
-  ``stop_gradient``;
+  ``statistics`` is a mask, the statistics ``statistic_names`` computed in the same
+  pass, all under ``stop_gradient``;
 * ``run(fn, *args)`` -- how the composition is invoked (directly; or in a
   ``shard_map`` over the mesh for the vocab-parallel backend).
 

@@ -43,8 +43,11 @@ def _check_teacher(student_logits, teacher):
 
 
 def dense_statistics(student_logits: chex.Array, teacher: Any,
-                     where: chex.Array) -> dict[str, jax.Array]:
+                     where: chex.Array, names="all") -> dict[str, jax.Array]:
   """Per-token statistics at :math:`T = 1`, all ``float32 [...]`` without gradient.
+
+  ``names``: which (``"all"`` or names of :data:`~sad_jax.backends.STATISTICS`); only
+  those are computed and returned.
 
   ``teacher_entropy`` :math:`H(p_T)`, ``student_entropy`` :math:`H(p_S)`,
   ``kl_t1`` :math:`KL(p_T \\| p_S)`, ``agreement`` :math:`[\\arg\\max p_S =
@@ -70,13 +73,12 @@ def dense_statistics(student_logits: chex.Array, teacher: Any,
     where: ``[...]`` bool, the trained tokens.
   """
   where = jnp.asarray(where, bool)
+  names = divergences.statistic_names(names)
   _check_teacher(student_logits, teacher)
   if not isinstance(teacher, sparse.SparseTeacher):
-    stats, _ = divergences.statistics(student_logits, teacher, where)
+    stats, _ = divergences.statistics(student_logits, teacher, where, names)
     return {k: v.astype(jnp.float32) for k, v in stats.items()}
   s = jnp.where(where[..., None], jax.lax.stop_gradient(student_logits), 0.0)
-  log_q = jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)
-  student_entropy = _entropy(log_q)
   teacher = jax.lax.stop_gradient(teacher)
   log_q_support, log_p = sparse.reduce_to_support(s.astype(jnp.float32), teacher, 1.0, where)
   logprobs = jnp.asarray(teacher.logprobs, jnp.float32)
@@ -88,14 +90,14 @@ def dense_statistics(student_logits: chex.Array, teacher: Any,
   p, q = jnp.exp(log_p), jnp.exp(log_q_support)
   safe_p = jnp.where(p > 0, log_p, 0.0)
   stats = dict(
-      teacher_entropy=jnp.where(bad, jnp.nan, _entropy(log_p)),
-      student_entropy=student_entropy,
-      kl_t1=jnp.sum(jnp.where(p > 0, p * (safe_p - jnp.where(p > 0, log_q_support, 0.0)),
-                              0.0), axis=-1),
-      agreement=agreement.astype(jnp.float32),
-      total_variation=0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
+      teacher_entropy=lambda: jnp.where(bad, jnp.nan, _entropy(log_p)),
+      student_entropy=lambda: _entropy(jax.nn.log_softmax(s.astype(jnp.float32), axis=-1)),
+      kl_t1=lambda: jnp.sum(jnp.where(
+          p > 0, p * (safe_p - jnp.where(p > 0, log_q_support, 0.0)), 0.0), axis=-1),
+      agreement=lambda: agreement.astype(jnp.float32),
+      total_variation=lambda: 0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
   )
-  return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
+  return {k: jnp.where(where, stats[k](), 0.0) for k in names}
 
 
 def _finite_rows(x) -> jax.Array:
@@ -120,12 +122,13 @@ def inputs_finite(student_logits: chex.Array, teacher: Any) -> jax.Array:
 def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
                 where: chex.Array, temperature, labels: chex.Array | None = None,
                 span_ids: chex.Array | None = None,
-                statistics: chex.Array | None = None) -> dict[str, jax.Array]:
+                statistics: chex.Array | None = None,
+                statistic_names="all") -> dict[str, jax.Array]:
   """The per-token terms of ``terms`` (:meth:`~sad_jax.backends._base.Terms.names`) from
   dense logits ``[..., V]``; ``float32 [...]``, 0 outside ``where``.
 
   Also ``finite`` (:func:`inputs_finite`) and, when ``statistics`` is a ``[...]`` bool
-  mask, the :func:`dense_statistics` on it. A divergence with a fused kernel
+  mask, the :func:`dense_statistics` ``statistic_names`` on it. A divergence with a fused kernel
   (:data:`sad_jax.losses._divergences.FUSED_DIVERGENCES`) on a dense teacher returns
   both from its own blocked pass over the logits
   (:func:`sad_jax.losses._divergences.with_statistics`); otherwise they take their
@@ -137,7 +140,7 @@ def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
         and not isinstance(teacher, sparse.SparseTeacher)):
       values["divergence"], aux = divergences.with_statistics(
           terms.divergence, student_logits, teacher, temperature=temperature, where=where,
-          statistics=statistics, **terms.kwargs)
+          statistics=statistics, names=statistic_names, **terms.kwargs)
       aux = {k: v if k == "finite" else v.astype(jnp.float32) for k, v in aux.items()}
     else:
       values["divergence"] = divergences.get_divergence(terms.divergence)(
@@ -156,7 +159,7 @@ def dense_terms(student_logits: chex.Array, teacher: Any, terms: base.Terms, *,
   if aux is None:
     aux = {"finite": inputs_finite(student_logits, teacher)}
     if statistics is not None:
-      aux.update(dense_statistics(student_logits, teacher, statistics))
+      aux.update(dense_statistics(student_logits, teacher, statistics, statistic_names))
   return dict(values, **aux)
 
 
@@ -190,16 +193,18 @@ class Dense:
     """``fn(student, teacher, span_ids, labels, state, normalizer, axis_name=None)``."""
     return fn(student, teacher, span_ids, labels, state, normalizer, None)
 
-  def statistics(self, student, teacher, where):
-    return dense_statistics(self.logits(student), teacher, where)
+  def statistics(self, student, teacher, where, names="all"):
+    return dense_statistics(self.logits(student), teacher, where, names)
 
   def terms(self, student, teacher, terms: base.Terms, *, where, coefficients, temperature,
-            labels=None, span_ids=None, axis_name=None, statistics=None):
+            labels=None, span_ids=None, axis_name=None, statistics=None,
+            statistic_names="all"):
     s = self.logits(student)
     if teacher is not None:
       _check_teacher(s, teacher)
     values = dense_terms(s, teacher, terms, where=where, temperature=temperature,
-                         labels=labels, span_ids=span_ids, statistics=statistics)
+                         labels=labels, span_ids=span_ids, statistics=statistics,
+                         statistic_names=statistic_names)
     per_token = terms.combine(values, temperature)
     total = base.weighted_total(per_token, coefficients, where, axis_name)
     return total, jax.lax.stop_gradient(dict(values, loss=per_token))

@@ -385,16 +385,18 @@ class Fused:
       xs["teacher"] = teacher_tokens
     return hs, ws, ht, wt, xs
 
-  def statistics(self, student, teacher, where):
+  def statistics(self, student, teacher, where, names="all"):
     hs, ws, ht, wt, xs = self._inputs(student, teacher, where, {})
 
     def fn(s, t, x, _):
-      return dense.dense_statistics(s, t if t is not None else x["teacher"], x["where"])
+      return dense.dense_statistics(s, t if t is not None else x["teacher"], x["where"],
+                                    names)
 
     return fused_map(fn, hs, ws, ht, wt, xs, (), chunk_size=self.chunk_size)
 
   def terms(self, student, teacher, terms: base.Terms, *, where, coefficients, temperature,
-            labels=None, span_ids=None, axis_name=None, statistics=None):
+            labels=None, span_ids=None, axis_name=None, statistics=None,
+            statistic_names="all"):
     extra = {"c": coefficients}
     if labels is not None:
       extra["labels"] = labels
@@ -405,7 +407,8 @@ class Fused:
     def fn(s, t, x, temp):
       t = t if t is not None else x.get("teacher")
       values = dense.dense_terms(s, t, terms, where=x["where"], temperature=temp,
-                                 labels=x.get("labels"), statistics=x.get("stats_where"))
+                                 labels=x.get("labels"), statistics=x.get("stats_where"),
+                                 statistic_names=statistic_names)
       per_token = terms.combine(values, temp)
       return base.weighted_total(per_token, x["c"], x["where"]), dict(values, loss=per_token)
 

@@ -153,7 +153,7 @@ def _support_logits(s, teacher: sparse.SparseTeacher, temperature, vocab_axis):
 
 
 def vocab_parallel_statistics(student_logits: chex.Array, teacher, where: chex.Array, *,
-                              vocab_axis) -> dict[str, jax.Array]:
+                              vocab_axis, names="all") -> dict[str, jax.Array]:
   """:func:`sad_jax.backends.dense_statistics` from vocabulary slices.
 
   Args:
@@ -162,11 +162,20 @@ def vocab_parallel_statistics(student_logits: chex.Array, teacher, where: chex.A
       ``[B, T, K]`` leaves with global indices).
     where: ``[B, T]`` bool trained tokens.
     vocab_axis: the mapped axis the vocabulary is split over.
+    names: which statistics to return (``"all"`` or names); all are computed.
 
   Returns:
     ``float32 [B, T]`` ``teacher_entropy``, ``student_entropy``, ``kl_t1``,
-    ``agreement`` and ``total_variation``, without gradient, 0 outside ``where``.
+    ``agreement`` and ``total_variation`` (those in ``names``), without gradient, 0
+    outside ``where``.
   """
+  names = divergences.statistic_names(names)
+  return {k: v for k, v in _all_statistics(student_logits, teacher, where,
+                                           vocab_axis).items() if k in names}
+
+
+def _all_statistics(student_logits, teacher, where, vocab_axis) -> dict[str, jax.Array]:
+  """Every statistic of :func:`vocab_parallel_statistics`."""
   where = jnp.asarray(where, bool)
   s = _masked_float(jax.lax.stop_gradient(student_logits), where)
   log_q = vocab_parallel_log_softmax(s, vocab_axis)
@@ -319,12 +328,13 @@ class VocabParallel:
     return jax.shard_map(lambda *a: fn(*a, b), mesh=self.mesh, in_specs=in_specs, out_specs=P())(
         student, teacher, span_ids, labels, state, normalizer)
 
-  def statistics(self, student, teacher, where):
+  def statistics(self, student, teacher, where, names="all"):
     return vocab_parallel_statistics(self.logits(student), teacher, where,
-                                     vocab_axis=self.vocab_axis)
+                                     vocab_axis=self.vocab_axis, names=names)
 
   def terms(self, student, teacher, terms: base.Terms, *, where, coefficients, temperature,
-            labels=None, span_ids=None, axis_name=None, statistics=None):
+            labels=None, span_ids=None, axis_name=None, statistics=None,
+            statistic_names="all"):
     s = self.logits(student)
     values = vocab_parallel_terms(s, teacher, terms, where=where, temperature=temperature,
                                   labels=labels, span_ids=span_ids, vocab_axis=self.vocab_axis)
@@ -335,7 +345,8 @@ class VocabParallel:
     values = dict(values, loss=per_token, finite=finite)
     if statistics is not None:
       values.update(vocab_parallel_statistics(s, teacher, statistics,
-                                              vocab_axis=self.vocab_axis))
+                                              vocab_axis=self.vocab_axis,
+                                              names=statistic_names))
     return total, jax.lax.stop_gradient(values)
 
 

@@ -443,13 +443,32 @@ def _agreement(s: jax.Array, t: jax.Array, where: jax.Array) -> jax.Array:
                       lambda: fast)
 
 
-def _statistics_rows(s: jax.Array, t: jax.Array, qs: _Parts, pt: _Parts,
-                     where: jax.Array) -> dict:
-  """The :data:`STATISTICS` of the rows of ``s, t [a, rb, V]`` from their parts at T = 1
-  (the agreement: on the rows in ``where [a, rb, 1]``)."""
-  return dict(teacher_entropy=_entropy_rows(pt), student_entropy=_entropy_rows(qs),
-              kl_t1=_cross(pt, qs), agreement=_agreement(s, t, where),
-              total_variation=_tv_rows(qs, pt))
+_STATISTIC_ROWS = {
+    "teacher_entropy": lambda s, t, qs, pt, where: _entropy_rows(pt),
+    "student_entropy": lambda s, t, qs, pt, where: _entropy_rows(qs),
+    "kl_t1": lambda s, t, qs, pt, where: _cross(pt, qs),
+    "agreement": lambda s, t, qs, pt, where: _agreement(s, t, where),
+    "total_variation": lambda s, t, qs, pt, where: _tv_rows(qs, pt),
+}
+"""Row math of each of the :data:`STATISTICS` from the blocks ``s, t [a, rb, V]``, their
+softmax parts at T = 1 and the trained rows ``where [a, rb, 1]``."""
+
+
+def statistic_names(names) -> tuple[str, ...]:
+  """``names`` (an iterable of :data:`STATISTICS` entries, or ``"all"``) checked and put
+  in the order of :data:`STATISTICS`."""
+  names = STATISTICS if names == "all" else tuple(names)
+  unknown = [n for n in names if n not in STATISTICS]
+  if unknown:
+    raise ValueError(f"unknown statistics {unknown}; allowed: {', '.join(STATISTICS)} "
+                     "or 'all'")
+  return tuple(n for n in STATISTICS if n in names)
+
+
+def _statistics_shrink(names, known=()) -> int:
+  """The block-size divisor of a pass computing ``names`` when ``known`` are given:
+  :data:`STATISTICS_SHRINK` when any must be formed from the blocks, else 1."""
+  return STATISTICS_SHRINK if set(names) - set(known) else 1
 
 
 def _rows_finite(s: jax.Array, t: jax.Array) -> jax.Array:
@@ -462,17 +481,21 @@ def _rows_finite(s: jax.Array, t: jax.Array) -> jax.Array:
           & (jnp.max(t, axis=-1, keepdims=True) < jnp.inf))
 
 
-def _block_statistics(s, t, where, parts=None, known=None):
-  """The :data:`STATISTICS` of a block (0 outside ``where [a, rb, 1]``), at T = 1.
+def _block_statistics(s, t, where, names, parts=None, known=None):
+  """The statistics ``names`` of a block (0 outside ``where [a, rb, 1]``), at T = 1.
 
   ``parts``: the blocks' softmax parts at T = 1 when the caller has them (a kernel at
-  ``T = 1``); otherwise they are formed here from the same blocks. ``known``: statistics
-  the caller already has (a kernel's value at ``T = 1``), used as they are.
+  ``T = 1``); otherwise they are formed here from the same blocks when a requested
+  statistic needs them. ``known``: statistics the caller already has (a kernel's value
+  at ``T = 1``), used as they are.
   """
-  if parts is None:
+  known = {k: v for k, v in (known or {}).items() if k in names}
+  rest = [n for n in names if n not in known]
+  if parts is None and set(rest) - {"agreement"}:
     parts = _softmax_parts(s, 1.0), _softmax_parts(t, 1.0)
-  stats = dict(_statistics_rows(s, t, *parts, where), **(known or {}))
-  return {k: jnp.where(where, v, 0.0) for k, v in stats.items()}
+  parts = parts or (None, None)
+  stats = dict(known, **{n: _STATISTIC_ROWS[n](s, t, *parts, where) for n in rest})
+  return {n: jnp.where(where, stats[n], 0.0) for n in names}
 
 
 def _temperature_cotangent(ct, temperature):
@@ -505,11 +528,12 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
       (``kl_t1`` for the forward KL): the kernel's value serves it there.
 
   Returns:
+    ``build(names)``, cached: for a tuple of :data:`STATISTICS` names, the
     ``kernel(s, t, where, temperature, stats_where) -> (value [a, m], aux)`` with the
     gradients of ``s``, ``t`` (input dtypes) and of the temperature
     :math:`\partial L / \partial T = -\frac{1}{T} \sum (g_s s + g_t t)`. ``aux`` (no
     gradient) holds ``finite`` (``[a, m]`` bool, :func:`_rows_finite`) and, when
-    ``stats_where [a, m, 1]`` is given, the :data:`STATISTICS` at :math:`T = 1`
+    ``stats_where [a, m, 1]`` is given, the statistics ``names`` at :math:`T = 1`
     (``[a, m]``, 0 outside ``stats_where``) from the same blocked pass: at ``T = 1``
     from the divergence's own softmax parts, otherwise from the T = 1 parts of the same
     blocks (a ``cond`` on the traced temperature picks the branch). Only the
@@ -519,7 +543,7 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
     row blocks like the forward pass.
   """
 
-  def block_fwd(s, t, where, stats_where, inv_t, shared):
+  def block_fwd(s, t, where, stats_where, inv_t, shared, names):
     dtype = inv_t.dtype
     s, t = s.astype(dtype), t.astype(dtype)
     parts = _softmax_parts(s, inv_t), _softmax_parts(t, inv_t)
@@ -531,7 +555,8 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
     value = value if where is None else jnp.where(where, value, 0.0)
     aux = {"finite": _rows_finite(s, t)}
     if stats_where is not None:
-      aux.update(_block_statistics(s, t, stats_where, parts if shared else None, known))
+      aux.update(_block_statistics(s, t, stats_where, names, parts if shared else None,
+                                   known))
     return value, aux, (norm_a, norm_b, extra)
 
   def block_bwd(s, t, where, stats, g, inv_t):
@@ -545,17 +570,20 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
                  axis=-1, keepdims=True)
     return gs.astype(dtypes[0]), gt.astype(dtypes[1]), ct
 
-  def forward(s, t, where, temperature, stats_where):
+  def forward(s, t, where, temperature, stats_where, names):
     inv_t = 1.0 / temperature
 
     def run(shared):
+      known = (statistic,) if shared and statistic else ()
+      shrink = 1 if stats_where is None else _statistics_shrink(names, known)
+
       def go():
         # At T = 1 the scale is the constant 1 (exactly 1 / temperature there), so XLA
         # folds the scaling of the blocks away.
         scale = jnp.ones_like(inv_t) if shared else inv_t
         value, aux, stats = _map_row_blocks(
-            lambda *xs: block_fwd(*xs, scale, shared), (s, t, where, stats_where),
-            1 if stats_where is None else STATISTICS_SHRINK)
+            lambda *xs: block_fwd(*xs, scale, shared, names), (s, t, where, stats_where),
+            shrink)
         return (value[..., 0], {k: v[..., 0] for k, v in aux.items()}), stats
       return go
 
@@ -563,36 +591,40 @@ def _fused_kernel(rows_fwd, rows_bwd, statistic: str | None = None):
       return run(False)()
     return jax.lax.cond(temperature == 1, run(True), run(False))
 
-  @jax.custom_vjp
-  def kernel(s, t, where, temperature, stats_where):
-    return forward(s, t, where, temperature, stats_where)[0]
+  @functools.lru_cache(maxsize=None)
+  def build(names: tuple[str, ...] = STATISTICS):
+    @jax.custom_vjp
+    def kernel(s, t, where, temperature, stats_where):
+      return forward(s, t, where, temperature, stats_where, names)[0]
 
-  def fwd(s, t, where, temperature, stats_where):
-    perturbed = _Perturbed(teacher=t.perturbed, temperature=temperature.perturbed)
-    s, t, temperature = s.value, t.value, temperature.value
-    where = None if where is None else where.value
-    stats_where = None if stats_where is None else stats_where.value
-    out, stats = forward(s, t, where, temperature, stats_where)
-    return out, (s, t, where, temperature, stats, perturbed)
+    def fwd(s, t, where, temperature, stats_where):
+      perturbed = _Perturbed(teacher=t.perturbed, temperature=temperature.perturbed)
+      s, t, temperature = s.value, t.value, temperature.value
+      where = None if where is None else where.value
+      stats_where = None if stats_where is None else stats_where.value
+      out, stats = forward(s, t, where, temperature, stats_where, names)
+      return out, (s, t, where, temperature, stats, perturbed)
 
-  def bwd(res, cotangents):
-    s, t, where, temperature, stats, perturbed = res
-    g = cotangents[0]
-    if isinstance(g, jax.custom_derivatives.SymbolicZero):
-      return None, None, None, None, None
-    inv_t = 1.0 / temperature
-    args = (s, t, where, stats, g[..., None])
-    if not (perturbed.teacher or perturbed.temperature):
-      # The student gradient alone is elementwise given the saved statistics: one
-      # fused pass over [a, m, V] with no block-sized intermediates to bound.
-      return block_bwd(*args, inv_t)[0], None, None, None, None
-    gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t), args)
-    ct = _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
-    return (gs, gt if perturbed.teacher else None, None,
-            ct if perturbed.temperature else None, None)
+    def bwd(res, cotangents):
+      s, t, where, temperature, stats, perturbed = res
+      g = cotangents[0]
+      if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None, None
+      inv_t = 1.0 / temperature
+      args = (s, t, where, stats, g[..., None])
+      if not (perturbed.teacher or perturbed.temperature):
+        # The student gradient alone is elementwise given the saved statistics: one
+        # fused pass over [a, m, V] with no block-sized intermediates to bound.
+        return block_bwd(*args, inv_t)[0], None, None, None, None
+      gs, gt, ct = _map_row_blocks(lambda *xs: block_bwd(*xs, inv_t), args)
+      ct = _temperature_cotangent(-jnp.sum(ct) * inv_t, temperature)
+      return (gs, gt if perturbed.teacher else None, None,
+              ct if perturbed.temperature else None, None)
 
-  kernel.defvjp(fwd, bwd, symbolic_zeros=True)
-  return kernel
+    kernel.defvjp(fwd, bwd, symbolic_zeros=True)
+    return kernel
+
+  return build
 
 
 def _kl_rows(reverse: bool):
@@ -689,9 +721,10 @@ def _layout(x: jax.Array, shape: tuple[int, ...], last: int) -> jax.Array:
   return _reshape_rows(x, (groups, math.prod(shape) // groups, last))
 
 
-def _fast_dense(kernel, student_logits, teacher_logits, temperature, where,
-                statistics=None):
-  """Runs a fused kernel on validated logits ``[..., V]`` laid out as ``[a, m, V]``.
+def _fast_dense(build, student_logits, teacher_logits, temperature, where,
+                statistics=None, names=STATISTICS):
+  """Runs a fused kernel (``build(names)``, see :func:`_fused_kernel`) on validated
+  logits ``[..., V]`` laid out as ``[a, m, V]``.
 
   The reshapes are free (row-major), the dtype casts and the ``where`` selection
   happen per block inside the kernel, so no pass over ``[..., V]`` precedes it.
@@ -703,14 +736,15 @@ def _fast_dense(kernel, student_logits, teacher_logits, temperature, where,
   rows = [None if x is None else _layout(x, tokens, n)
           for x, n in ((s, s.shape[-1]), (t, s.shape[-1]), (where, 1), (statistics, 1))]
   temperature = jnp.asarray(temperature, _compute_dtype(s, t))
-  value, aux = kernel(*rows[:3], temperature, rows[3])
+  value, aux = build(names)(*rows[:3], temperature, rows[3])
   return (_reshape_rows(value, tokens),
           {k: _reshape_rows(v, tokens) for k, v in aux.items()})
 
 
 def statistics(student_logits: chex.Array, teacher_logits: chex.Array,
-               where: chex.Array) -> tuple[dict[str, jax.Array], jax.Array]:
-  r"""The :data:`STATISTICS` of dense logits ``[..., V]`` at :math:`T = 1`, one blocked pass.
+               where: chex.Array, names="all") -> tuple[dict[str, jax.Array], jax.Array]:
+  r"""The :data:`STATISTICS` ``names`` (default all) of dense logits ``[..., V]`` at
+  :math:`T = 1`, one blocked pass that forms only what they need.
 
   ``teacher_entropy`` :math:`H(p)`, ``student_entropy`` :math:`H(q)`, ``kl_t1``
   :math:`KL(p \| q)`, ``agreement`` :math:`[\arg\max q = \arg\max p]` (first index of
@@ -727,16 +761,17 @@ def statistics(student_logits: chex.Array, teacher_logits: chex.Array,
   s, t, where = _check_dense(student_logits, teacher_logits, 1.0, where)
   if where is None:
     raise ValueError("statistics: where must be a [...] bool mask, got None")
+  names = statistic_names(names)
   tokens = s.shape[:-1]
   dtype = _compute_dtype(s, t)
 
   def block(s, t, where):
     s, t = jax.lax.stop_gradient(s).astype(dtype), jax.lax.stop_gradient(t).astype(dtype)
-    return _block_statistics(s, t, where), _rows_finite(s, t)
+    return _block_statistics(s, t, where, names), _rows_finite(s, t)
 
   stats, finite = _map_row_blocks(block, (_layout(s, tokens, s.shape[-1]),
                                           _layout(t, tokens, s.shape[-1]),
-                                          _layout(where, tokens, 1)), STATISTICS_SHRINK)
+                                          _layout(where, tokens, 1)), _statistics_shrink(names))
   return ({k: _reshape_rows(v, tokens) for k, v in stats.items()},
           _reshape_rows(finite, tokens))
 
@@ -1211,8 +1246,8 @@ FUSED_DIVERGENCES: tuple[str, ...] = tuple(_KERNELS)
 
 def with_statistics(name: str, student_logits: chex.Array, teacher_logits: chex.Array, *,
                     temperature=1.0, where: chex.Array | None = None,
-                    statistics: chex.Array | None = None, **params
-                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                    statistics: chex.Array | None = None, names="all",
+                    **params) -> tuple[jax.Array, dict[str, jax.Array]]:
   """A fused divergence on dense logits with per-token auxiliary outputs, in one pass.
 
   Args:
@@ -1221,6 +1256,7 @@ def with_statistics(name: str, student_logits: chex.Array, teacher_logits: chex.
     statistics: optional ``[...]`` bool mask: also return the :data:`STATISTICS` at
       :math:`T = 1` (as :func:`statistics`, 0 outside this mask), computed in the
       divergence's blocked pass (the divergence's softmax when the temperature is 1).
+    names: which of them (``"all"`` or names); only those are formed.
 
   Returns:
     ``(value, aux)``: the divergence ``[...]`` (as ``DIVERGENCES[name]``) and, without
@@ -1231,7 +1267,7 @@ def with_statistics(name: str, student_logits: chex.Array, teacher_logits: chex.
     raise ValueError(f"with_statistics: {name!r} has no fused kernel; one of "
                      f"{', '.join(FUSED_DIVERGENCES)}")
   value, aux = _fast_dense(_KERNELS[name](**params), student_logits, teacher_logits,
-                           temperature, where, statistics)
+                           temperature, where, statistics, statistic_names(names))
   return value, jax.lax.stop_gradient(aux)
 
 

@@ -31,6 +31,11 @@ Fields (see :func:`default_config` for the defaults):
   ``confidence_threshold``), ``span_consistency`` and ``moe_load_balance``.
 * ``adaptive_temperature``, ``curriculum``, ``plateau``, ``ema_decay``: the
   rules that update :class:`~sad_jax.objective._state.SADState`.
+* ``statistics``: the per-token teacher statistics at :math:`T = 1` computed each step
+  and reported in the metrics, ``"all"`` or comma-separated names of
+  ``teacher_entropy, student_entropy, kl_t1, agreement, total_variation``; the ones
+  the objective reads are always added (:func:`statistic_names`). Each one beyond
+  ``kl_t1`` costs a reduction over the vocabulary in the kernel's pass.
 """
 from __future__ import annotations
 
@@ -100,7 +105,38 @@ def default_config() -> ml_collections.ConfigDict:
       total_steps=10_000, schedule="linear", first="action", start_factor=0.1))
   c.plateau = ml_collections.ConfigDict(dict(
       history_size=50, patience=200, min_delta=1e-3))
+  c.statistics = "kl_t1"  # the forward KL's own value at T = 1: no extra pass
   return c
+
+
+def statistic_names(config) -> tuple[str, ...]:
+  """The teacher statistics the objective computes for ``config``, in the order of
+  :data:`sad_jax.losses._divergences.STATISTICS`.
+
+  ``config.statistics`` (``"all"`` or comma-separated names) plus those the objective
+  reads: ``kl_t1`` (the state's plateau and loss history), ``agreement`` under
+  ``adaptive_temperature``, ``teacher_entropy`` for ``confidence_based`` and
+  ``total_variation`` for ``difficulty_aware``.
+
+  Raises:
+    ValueError: naming ``config.statistics`` and the allowed names.
+  """
+  from sad_jax.losses import _divergences as divergences  # pylint: disable=g-import-not-at-top
+  value = config["statistics"]
+  if not isinstance(value, str):
+    _fail("statistics", value, "'all' or a comma-separated string of "
+          + ", ".join(divergences.STATISTICS))
+  if value == "all":
+    return divergences.STATISTICS
+  names = {n.strip() for n in value.split(",") if n.strip()} | {"kl_t1"}
+  if config["adaptive_temperature"]["enabled"]:
+    names.add("agreement")
+  names |= {"confidence_based": {"teacher_entropy"},
+            "difficulty_aware": {"total_variation"}}.get(config["weighting"], set())
+  try:
+    return divergences.statistic_names(names)
+  except ValueError as e:
+    raise ValueError(f"config.statistics = {value!r} is invalid: {e}") from None
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -221,6 +257,7 @@ def validate(config) -> None:
   _number(config, "plateau.history_size", lo=1, integer=True)
   _number(config, "plateau.patience", lo=1, integer=True)
   _number(config, "plateau.min_delta", lo=0, hi=1, hi_open=True)
+  statistic_names(config)
   if config["divergence_weight"] == 0:
     reg = config["regularizers"]
     if config["weighting"] in ("confidence_based", "difficulty_aware"):

@@ -211,12 +211,13 @@ def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADSta
       raise ValueError(f"labels shape {labels.shape} must equal the token shape {tuple(shape)}")
   base = weighting.uniform(span_ids, config.span_weights) > 0
   stats = None
+  names = config_lib.statistic_names(config)
   if teacher is not None and config.weighting in _TEACHER_WEIGHTINGS:
-    stats = backend.statistics(student, teacher, base)
+    stats = backend.statistics(student, teacher, base, names)
   weights = weighting.token_weights(
       span_ids, config, state,
-      teacher_entropy=None if stats is None else stats["teacher_entropy"],
-      disagreement=None if stats is None else stats["total_variation"],
+      teacher_entropy=None if stats is None else stats.get("teacher_entropy"),
+      disagreement=None if stats is None else stats.get("total_variation"),
       vocab_size=backend.vocab_size(student))
   if token_factors is not None:
     if jnp.shape(token_factors) != span_ids.shape:
@@ -231,10 +232,11 @@ def compose(student, teacher: Any, span_ids: chex.Array, state: state_lib.SADSta
   loss, values = backend.terms(
       student, teacher, terms, where=base, coefficients=coefficients,
       temperature=temperature, labels=labels, span_ids=span_ids, axis_name=axis_name,
-      statistics=base if teacher is not None and stats is None else None)
+      statistics=base if teacher is not None and stats is None else None,
+      statistic_names=names)
   values = dict(values)
   if teacher is not None and stats is None:
-    stats = {k: values.pop(k) for k in backend_base.STATISTICS}
+    stats = {k: values.pop(k) for k in names}
   per_token = values.pop("loss")
   # A non-finite teacher / student value or weight on a trained token poisons the
   # step (the guard skips it) instead of vanishing in a mask.

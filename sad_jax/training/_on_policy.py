@@ -367,7 +367,8 @@ class OnPolicyLoss:
     signal = None
     if needs_signal(self.config):
       stats = self.sad.backend.statistics(loss_lib.as_model_output(student),
-                                          jax.tree.map(jax.lax.stop_gradient, teacher), where)
+                                          jax.tree.map(jax.lax.stop_gradient, teacher), where,
+                                          (self.config.turns.signal,))
       signal = stats[self.config.turns.signal]
     return turn_factors(self.config.turns, jnp.asarray(turn_ids), where, state.step, signal)
 
