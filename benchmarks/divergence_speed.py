@@ -14,7 +14,9 @@ variant alike), the loss and its gradient with respect to the student logits:
 * ``a+b``: one elementwise pass over the two logits arrays, the memory-bound floor;
 * with ``--sad-loss``: the full :func:`sad_jax.objective.sad_loss` of a preset of
   ``configs/sad.py`` (``--preset``, default ``paper``) on the same span ids, its
-  metrics and next state returned with the loss (as a train step uses them).
+  metrics and next state returned with the loss (as a train step uses them);
+  ``--statistics all`` overrides the preset's ``statistics`` (the teacher statistics
+  computed per step).
 
 Printed per row: each variant's median time over ``--repeats`` rounds (each the
 mean of ``--inner`` calls) with its spread ``(max - min) / median``, and the
@@ -187,18 +189,24 @@ def main():
   parser.add_argument("--sad-loss", action="store_true",
                       help="also time sad_jax.objective.sad_loss (student gradient)")
   parser.add_argument("--preset", default="paper", help="configs/sad.py preset for --sad-loss")
+  parser.add_argument("--statistics", default=None,
+                      help="config.statistics for --sad-loss (default: the preset's)")
   args = parser.parse_args()
   blocks = [int(k) for k in args.block_elements.split(",") if k]
   module = _module_at(args.baseline_rev) if args.baseline_rev else D
   sad_config = None
   if args.sad_loss:
-    sad_config = config_lib.resolve(config_lib.load_config(f"{ROOT}/configs/sad.py:{args.preset}"))
+    sad_config = config_lib.load_config(f"{ROOT}/configs/sad.py:{args.preset}")
+    if args.statistics is not None:
+      sad_config.statistics = args.statistics
+    sad_config = config_lib.resolve(sad_config)
 
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}; T={T}; each time the median "
         f"of {args.repeats} rounds x mean of {args.inner} calls, (spread = (max-min)/median); "
-        f"ratios: median over rounds [min-max]" + (f"; sad_loss preset {args.preset}"
-                                                  if args.sad_loss else ""))
+        f"ratios: median over rounds [min-max]" + (
+            f"; sad_loss preset {args.preset}, statistics {sad_config.statistics!r}"
+            if args.sad_loss else ""))
   for shape in args.shapes.split(","):
     b, t_len, v = (int(x) for x in shape.split("x"))
     ks, kt = jax.random.split(jax.random.key(0))
