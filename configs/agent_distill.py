@@ -6,9 +6,10 @@ any field can be overridden: ``--config.student.steps=500``,
 
 The argument is ``PRESET`` or ``PRESET,env=NAME``: ``env`` names the environment
 module under ``examples/agent_env`` (:func:`examples.agent_env.get`; default
-``calculator``); ``config.env_options`` (the options of its task generator) and
-``config.max_turns`` start from that module's ``OPTIONS`` and ``MAX_TURNS``, so
-select the environment here rather than with ``--config.env``.
+``calculator``); ``config.env_options`` (the options of its task generator),
+``config.max_turns`` and the models' ``positions`` start from that module's ``OPTIONS``,
+``MAX_TURNS`` and ``POSITIONS`` (calculator: learned, lookup: rotary), so select the
+environment here rather than with ``--config.env``.
 
 Presets:
 
@@ -98,7 +99,7 @@ ALL_METHODS = ("sft", "token_kd", "sad") + tuple(f"sad_{s}" for s in SAD_STRATEG
 ON_POLICY_METHODS = ("on_policy_kd", "on_policy_sad", "on_policy_sad_turns")
 
 
-def _model(d_model, num_layers, num_heads, d_ff, positions="learned"):
+def _model(d_model, num_layers, num_heads, d_ff, positions):
   return ml_collections.ConfigDict(dict(d_model=d_model, num_layers=num_layers,
                                         num_heads=num_heads, d_ff=d_ff, positions=positions))
 
@@ -145,7 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
 
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.model = _model(128, 2, 4, 512)
+  c.teacher.model = _model(128, 2, 4, 512, env.POSITIONS)
   c.teacher.steps = 3250
   c.teacher.learning_rate = 3e-3
   c.teacher.warmup_steps = 100
@@ -154,7 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher.min_success = 0.9  # a warning (not an error) below it
 
   c.student = ml_collections.ConfigDict()
-  c.student.model = _model(48, 2, 4, 192)
+  c.student.model = _model(48, 2, 4, 192, env.POSITIONS)
   c.student.steps = 1000
   c.student.learning_rate = 3e-3
   c.student.warmup_steps = 100
@@ -187,10 +188,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.max_turn_tokens = 24
     c.log_every = 5
     c.checkpoint_every = 10
-    c.teacher.model = _model(64, 1, 2, 128)
+    c.teacher.model = _model(64, 1, 2, 128, env.POSITIONS)
     c.teacher.steps = 20
     c.teacher.eval_every = 20
-    c.student.model = _model(16, 1, 2, 32)
+    c.student.model = _model(16, 1, 2, 32, env.POSITIONS)
     c.student.steps = 20
     c.student.eval_every = 20
     c.methods = "sft,sad," + ",".join(ON_POLICY_METHODS)

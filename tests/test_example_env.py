@@ -33,10 +33,21 @@ def test_registry_lists_the_calculator_and_refuses_unknown_names():
 def test_registry_names_what_a_module_lacks(tmp_path, monkeypatch):
   (tmp_path / "half.py").write_text("SPLITS = ('train', 'test')\nMAX_TURNS = 2\n")
   monkeypatch.setattr(agent_env, "__path__", [*agent_env.__path__, str(tmp_path)])
-  with pytest.raises(ValueError, match="environment 'half' .* lacks OPTIONS, Task, Env, "
+  with pytest.raises(ValueError, match="environment 'half' .* lacks OPTIONS, POSITIONS, Task, Env, "
                                        "generate_tasks, expert_turns, expert_trajectory"):
     agent_env.get("half")
   sys.modules.pop("examples.agent_env.half", None)
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_contract_positions_set_the_config_models(name):
+  from configs import agent_distill  # pylint: disable=g-import-not-at-top
+  from examples import agent_lm  # pylint: disable=g-import-not-at-top
+  env = agent_env.get(name)
+  assert env.POSITIONS in agent_lm.POSITIONS
+  for preset in ("default", "smoke"):
+    c = agent_distill.get_config(f"{preset},env={name}")
+    assert c.teacher.model.positions == c.student.model.positions == env.POSITIONS
 
 
 @pytest.mark.parametrize("name", ENVS)

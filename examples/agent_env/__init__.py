@@ -14,6 +14,9 @@ the reference implementation):
   ``generate_tasks`` and their defaults; the example's ``config.env_options``
   starts from it.
 * ``MAX_TURNS: int`` -- the default turn limit of an episode (``config.max_turns``).
+* ``POSITIONS: str`` -- the position encoding of the example's models on this
+  environment (:data:`examples.agent_lm.POSITIONS`; ``config.teacher.model.positions``
+  and ``config.student.model.positions`` start from it).
 * ``Task`` -- a frozen (hashable, comparable) dataclass: one task.
 * ``generate_tasks(split, n, seed, **options) -> list[Task]`` -- ``n`` distinct
   tasks of a split, a deterministic function of the arguments (``ValueError``
@@ -48,7 +51,7 @@ from examples.agent_env.base import (IM_END, IM_START, StepResult, ToolCallError
                                      tool_call_text)
 from examples.agent_env.loop import Episode, ExpertPolicy, Policy, rollout
 
-REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "Task", "Env", "generate_tasks", "expert_turns",
+REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "POSITIONS", "Task", "Env", "generate_tasks", "expert_turns",
             "expert_trajectory")
 _NOT_ENVIRONMENTS = ("base", "loop")
 

@@ -74,6 +74,7 @@ RELATIONS = ("friend", "rival", "mentor", "partner", "parent", "student", "neigh
 SPLITS = ("train", "test")
 OPTIONS = {"min_hops": 2, "max_hops": 3, "facts_per_entity": 3}  # generate_tasks' options
 MAX_TURNS = 6  # 3 lookups + the answer need 4
+POSITIONS = "rope"  # copying the id after the matched relation is a relative lookup
 _ANSWER = re.compile(r"The answer is (\d+)\.")
 
 
