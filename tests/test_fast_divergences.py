@@ -301,5 +301,6 @@ def test_statistics_subsets_equal_the_full_pass_and_form_only_what_is_asked(bloc
       assert set(stats) == set(names)
       for k in names:
         np.testing.assert_array_equal(stats[k], every[k], err_msg=k)
+  assert D.statistic_names("total_variation, kl_t1") == ("kl_t1", "total_variation")
   with pytest.raises(ValueError, match="unknown statistics.*entropy"):
     D.statistics(s, t, where, ("entropy",))

@@ -455,9 +455,10 @@ softmax parts at T = 1 and the trained rows ``where [a, rb, 1]``."""
 
 
 def statistic_names(names) -> tuple[str, ...]:
-  """``names`` (an iterable of :data:`STATISTICS` entries, or ``"all"``) checked and put
-  in the order of :data:`STATISTICS`."""
-  names = STATISTICS if names == "all" else tuple(names)
+  """``names`` (an iterable of :data:`STATISTICS` entries, a comma-separated string of
+  them, or ``"all"``) checked and put in the order of :data:`STATISTICS`."""
+  if isinstance(names, str):
+    names = STATISTICS if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
   unknown = [n for n in names if n not in STATISTICS]
   if unknown:
     raise ValueError(f"unknown statistics {unknown}; allowed: {', '.join(STATISTICS)} "
