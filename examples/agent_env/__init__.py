@@ -51,8 +51,8 @@ from examples.agent_env.base import (IM_END, IM_START, StepResult, ToolCallError
                                      tool_call_text)
 from examples.agent_env.loop import Episode, ExpertPolicy, Policy, rollout
 
-REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "POSITIONS", "Task", "Env", "generate_tasks", "expert_turns",
-            "expert_trajectory")
+REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "POSITIONS", "Task", "Env", "generate_tasks",
+            "expert_turns", "expert_trajectory")
 _NOT_ENVIRONMENTS = ("base", "loop")
 
 
