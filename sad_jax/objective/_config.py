@@ -126,17 +126,15 @@ def statistic_names(config) -> tuple[str, ...]:
   if not isinstance(value, str):
     _fail("statistics", value, "'all' or a comma-separated string of "
           + ", ".join(divergences.STATISTICS))
-  if value == "all":
-    return divergences.STATISTICS
-  names = {n.strip() for n in value.split(",") if n.strip()} | {"kl_t1"}
+  try:
+    names = set(divergences.statistic_names(value)) | {"kl_t1"}
+  except ValueError as e:
+    raise ValueError(f"config.statistics = {value!r} is invalid: {e}") from None
   if config["adaptive_temperature"]["enabled"]:
     names.add("agreement")
   names |= {"confidence_based": {"teacher_entropy"},
             "difficulty_aware": {"total_variation"}}.get(config["weighting"], set())
-  try:
-    return divergences.statistic_names(names)
-  except ValueError as e:
-    raise ValueError(f"config.statistics = {value!r} is invalid: {e}") from None
+  return divergences.statistic_names(names)
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
