@@ -8,12 +8,21 @@ paired t-test over seeds: :func:`paired_differences`) and three PNG plots, each
 atomically. It depends only on the files, so any process -- or several, one per
 method -- can rebuild it; rebuilds are serialized by a lock, so the last one to
 finish writes the union of all runs.
+
+A study's report can be kept without its workdir: :func:`archive` copies the few
+kilobytes per run it is built from (no checkpoint, data or logits) and
+:func:`rebuild` writes the report again from that copy::
+
+  python -m examples.agent_report --archive WORKDIR DEST   # copy, then rebuild in DEST
+  python -m examples.agent_report DEST                      # rebuild from DEST
 """
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import pathlib
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +37,7 @@ METRICS = (("success", "success"), ("valid_action_rate", "valid actions"),
            ("kl_train/reasoning", "KL reasoning (own data)"),
            ("kl_train/action", "KL action (own data)"))
 PLOTS = ("loss_per_span.png", "success_curves.png", "success.png")
+PAIRED_PLOT = "paired_success.png"  # drawn when a method is paired with the baseline
 BASELINE = "token_kd"  # the method every other one is paired with
 
 
@@ -145,7 +155,7 @@ def _save(fig, path: pathlib.Path) -> None:
 
 
 def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
-  """Writes :data:`PLOTS` from the runs' logs; returns their names.
+  """Writes :data:`PLOTS` (and :data:`PAIRED_PLOT`) from the runs' logs; returns their names.
 
   ``loss_per_span.png``: training loss on reasoning and action tokens (each
   method's lowest seed); ``success_curves.png``: held-out success and action KL
@@ -204,7 +214,24 @@ def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
   fig.tight_layout()
   _save(fig, workdir / PLOTS[2])
   plt.close(fig)
-  return list(PLOTS)
+  if not summary["paired"]:
+    return list(PLOTS)
+
+  paired = summary["paired"]
+  fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(paired) + 2), 4))
+  for i, d in enumerate(paired.values()):
+    ax.plot([i] * len(d["diffs"]), d["diffs"], "o", color="tab:gray", ms=4, alpha=0.7)
+    if d["ci95"] is not None:
+      ax.errorbar([i], [d["mean"]], yerr=[[d["mean"] - d["ci95"][0]], [d["ci95"][1] - d["mean"]]],
+                  fmt="D", color="tab:red", capsize=5)
+  ax.axhline(0.0, color="black", lw=0.8)
+  ax.set_xticks(range(len(paired)), list(paired), rotation=30, ha="right")
+  ax.set(ylabel=f"success − {BASELINE}",
+         title=f"paired difference to {BASELINE}: seeds (dots), mean and 95% t-interval")
+  fig.tight_layout()
+  _save(fig, workdir / PAIRED_PLOT)
+  plt.close(fig)
+  return list(PLOTS) + [PAIRED_PLOT]
 
 
 def write_report(workdir: pathlib.Path, *, student_steps: int, distill_stats: dict,
@@ -238,9 +265,63 @@ def _write_report(workdir, student_steps, distill_stats, order, extra) -> dict:
       "runs": runs,
       **(extra or {}),
   }
+  summary["method_order"] = list(summary["methods"])  # summary.json's keys are sorted
   if runs:
     summary["student_params"] = runs[0]["params"]
     agent_io.write_atomic(workdir / "summary.md", markdown_table(summary))
     summary["plots"] = plot(workdir, summary)
   agent_io.write_json(workdir / "summary.json", summary)
   return summary
+
+
+def archive(workdir: pathlib.Path, dest: pathlib.Path) -> int:
+  """Copies what the report is built from to ``dest``, in the workdir's layout.
+
+  ``config.json``, ``summary.json``, ``teacher/result.json`` and every finished
+  run's ``result.json`` and ``metrics.jsonl`` (a few tens of KB a run); files
+  already in ``dest`` are overwritten, runs only in ``dest`` kept. Returns the
+  number of runs copied.
+  """
+  for name in ("config.json", "summary.json", "teacher/result.json"):
+    (dest / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(workdir / name, dest / name)
+  results = sorted((workdir / "students").glob("*/result.json"))
+  for result in results:
+    run = dest / "students" / result.parent.name
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("result.json", "metrics.jsonl"):
+      shutil.copyfile(result.parent / name, run / name)
+  return len(results)
+
+
+def rebuild(workdir: pathlib.Path) -> dict:
+  """:func:`write_report` again from the files of a workdir or an :func:`archive`.
+
+  The student steps, the distillation data's statistics and the method order
+  come from the existing ``summary.json``.
+  """
+  old = json.loads((workdir / "summary.json").read_text())
+  stats = {"trajectories": old["distill_trajectories"],
+           "teacher_train_success": old["teacher_train_success"]}
+  return write_report(workdir, student_steps=old["student_steps"], distill_stats=stats,
+                      order=old["method_order"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("dir", type=pathlib.Path, nargs="+",
+                      help="DEST to rebuild, or WORKDIR DEST with --archive")
+  parser.add_argument("--archive", action="store_true",
+                      help="copy WORKDIR's report files to DEST first")
+  args = parser.parse_args(argv)
+  if len(args.dir) != (2 if args.archive else 1):
+    parser.error(f"expected {'WORKDIR DEST' if args.archive else 'DEST'}, got {args.dir}")
+  if args.archive:
+    print(f"{archive(*args.dir)} runs copied to {args.dir[1]}")
+  dest = args.dir[-1]
+  rebuild(dest)
+  print((dest / "summary.md").read_text())
+
+
+if __name__ == "__main__":
+  main()

@@ -69,9 +69,31 @@ def test_report_is_the_union_of_runs_written_by_different_processes(tmp_path):
   assert second["paired"]["sad"] == {"seeds": [0], "diffs": [0.25], "mean": 0.25, "std": None,
                                      "ci95": None, "p": None}  # one seed: no interval
   assert "| sad | 1 | +0.250 ± – | – | – |" in table
-  for name in report.PLOTS:
+  assert second["plots"] == list(report.PLOTS) + [report.PAIRED_PLOT]
+  for name in second["plots"]:
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_archive_keeps_only_the_report_files_and_rebuilds_the_same_report(tmp_path):
+  work, dest = tmp_path / "work", tmp_path / "dest"
+  _teacher(work)
+  io.write_json(work / "config.json", {"env": "calculator"})
+  for method, seed, success in (("token_kd", 0, 0.25), ("sad", 0, 0.5), ("sad", 1, 0.75)):
+    _run(work, method, seed, success)
+  (io.run_dir(work, "sad", 0) / "ckpt").mkdir()  # never copied
+  (work / "distill_data.jsonl").write_text("{}\n")
+  original = report.write_report(work, student_steps=2, distill_stats=STATS,
+                                 order=["token_kd", "sad"])
+  assert report.archive(work, dest) == 3
+  assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+      "config.json", "students/sad-seed0/metrics.jsonl", "students/sad-seed0/result.json",
+      "students/sad-seed1/metrics.jsonl", "students/sad-seed1/result.json",
+      "students/token_kd-seed0/metrics.jsonl", "students/token_kd-seed0/result.json",
+      "summary.json", "teacher/result.json"]
+  assert report.rebuild(dest) == original
+  assert (dest / "summary.md").read_text() == (work / "summary.md").read_text()
+  assert (dest / report.PAIRED_PLOT).exists()
 
 
 def test_report_without_runs_writes_only_the_json(tmp_path):
@@ -88,6 +110,7 @@ def test_table_without_token_kd_has_no_paired_column(tmp_path):
   report.write_report(tmp_path, student_steps=2, distill_stats=STATS)
   table = (tmp_path / "summary.md").read_text()
   assert "| success | seed 0 |" in table and "token_kd" not in table
+  assert not (tmp_path / report.PAIRED_PLOT).exists()
 
 
 def test_paired_differences_t_interval_and_test_over_common_seeds():
