@@ -33,8 +33,8 @@ def test_registry_lists_the_calculator_and_refuses_unknown_names():
 def test_registry_names_what_a_module_lacks(tmp_path, monkeypatch):
   (tmp_path / "half.py").write_text("SPLITS = ('train', 'test')\nMAX_TURNS = 2\n")
   monkeypatch.setattr(agent_env, "__path__", [*agent_env.__path__, str(tmp_path)])
-  with pytest.raises(ValueError, match="environment 'half' .* lacks OPTIONS, POSITIONS, Task, Env, "
-                                       "generate_tasks, expert_turns, expert_trajectory"):
+  with pytest.raises(ValueError, match="environment 'half' .* lacks OPTIONS, POSITIONS, "
+                                       "STUDY_TEACHER_STEPS, Task, Env, generate_tasks, expert_turns, expert_trajectory"):
     agent_env.get("half")
   sys.modules.pop("examples.agent_env.half", None)
 
@@ -48,6 +48,7 @@ def test_contract_positions_set_the_config_models(name):
   for preset in ("default", "smoke"):
     c = agent_distill.get_config(f"{preset},env={name}")
     assert c.teacher.model.positions == c.student.model.positions == env.POSITIONS
+  assert agent_distill.get_config(f"study,env={name}").teacher.steps == env.STUDY_TEACHER_STEPS
 
 
 @pytest.mark.parametrize("name", ENVS)

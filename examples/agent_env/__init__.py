@@ -17,6 +17,8 @@ the reference implementation):
 * ``POSITIONS: str`` -- the position encoding of the example's models on this
   environment (:data:`examples.agent_lm.POSITIONS`; ``config.teacher.model.positions``
   and ``config.student.model.positions`` start from it).
+* ``STUDY_TEACHER_STEPS: int`` -- the teacher's training steps in the ``study``
+  preset: a schedule whose teacher reaches the study's 90% held-out success.
 * ``Task`` -- a frozen (hashable, comparable) dataclass: one task.
 * ``generate_tasks(split, n, seed, **options) -> list[Task]`` -- ``n`` distinct
   tasks of a split, a deterministic function of the arguments (``ValueError``
@@ -51,8 +53,8 @@ from examples.agent_env.base import (IM_END, IM_START, StepResult, ToolCallError
                                      tool_call_text)
 from examples.agent_env.loop import Episode, ExpertPolicy, Policy, rollout
 
-REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "POSITIONS", "Task", "Env", "generate_tasks",
-            "expert_turns", "expert_trajectory")
+REQUIRED = ("SPLITS", "OPTIONS", "MAX_TURNS", "POSITIONS", "STUDY_TEACHER_STEPS", "Task", "Env",
+            "generate_tasks", "expert_turns", "expert_trajectory")
 _NOT_ENVIRONMENTS = ("base", "loop")
 
 
