@@ -298,13 +298,15 @@ def rebuild(workdir: pathlib.Path) -> dict:
   """:func:`write_report` again from the files of a workdir or an :func:`archive`.
 
   The student steps, the distillation data's statistics and the method order
-  come from the existing ``summary.json``.
+  come from the existing ``summary.json`` (the order of its runs when it has no
+  ``method_order``).
   """
   old = json.loads((workdir / "summary.json").read_text())
   stats = {"trajectories": old["distill_trajectories"],
            "teacher_train_success": old["teacher_train_success"]}
   return write_report(workdir, student_steps=old["student_steps"], distill_stats=stats,
-                      order=old["method_order"])
+                      order=old.get("method_order")
+                      or list(dict.fromkeys(r["method"] for r in old["runs"])))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -94,6 +94,9 @@ def test_archive_keeps_only_the_report_files_and_rebuilds_the_same_report(tmp_pa
   assert report.rebuild(dest) == original
   assert (dest / "summary.md").read_text() == (work / "summary.md").read_text()
   assert (dest / report.PAIRED_PLOT).exists()
+  old = json.loads((dest / "summary.json").read_text())  # a summary without method_order
+  io.write_json(dest / "summary.json", {k: v for k, v in old.items() if k != "method_order"})
+  assert report.rebuild(dest) == original  # the order of its runs
 
 
 def test_report_without_runs_writes_only_the_json(tmp_path):
