@@ -164,7 +164,7 @@ def test_on_policy_method_configs(tokenizer):
   configs = {m: training.on_policy_config(agent_train.on_policy_config(m, cfg, seed=3))
              for m in agent_distill.ON_POLICY_METHODS}
   kd, sad, turns = (configs[m] for m in agent_distill.ON_POLICY_METHODS)
-  assert {c.objective.divergence for c in configs.values()} == {"reverse_kl"}
+  assert {c.objective.divergence for c in configs.values()} == {"forward_kl"}
   assert kd.objective.normalization == "tokens" and sad.objective.normalization == "span_mean"
   assert (kd.turns.rule, sad.turns.rule, turns.turns.rule) == ("none", "none", "balanced")
   assert kd.seed == 3 and kd.mixture == cfg.on_policy.mixture
