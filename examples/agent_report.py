@@ -294,19 +294,19 @@ def archive(workdir: pathlib.Path, dest: pathlib.Path) -> int:
   return len(results)
 
 
-def rebuild(workdir: pathlib.Path) -> dict:
+def rebuild(workdir: pathlib.Path, order: Sequence[str] = ()) -> dict:
   """:func:`write_report` again from the files of a workdir or an :func:`archive`.
 
-  The student steps, the distillation data's statistics and the method order
-  come from the existing ``summary.json`` (the order of its runs when it has no
-  ``method_order``).
+  The student steps and the distillation data's statistics come from the
+  existing ``summary.json``; so does the method order unless ``order`` names
+  methods to list first (then ``method_order``, or the order of its runs).
   """
   old = json.loads((workdir / "summary.json").read_text())
   stats = {"trajectories": old["distill_trajectories"],
            "teacher_train_success": old["teacher_train_success"]}
+  stored = old.get("method_order") or [r["method"] for r in old["runs"]]
   return write_report(workdir, student_steps=old["student_steps"], distill_stats=stats,
-                      order=old.get("method_order")
-                      or list(dict.fromkeys(r["method"] for r in old["runs"])))
+                      order=list(dict.fromkeys([*order, *stored])))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -315,13 +315,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="DEST to rebuild, or WORKDIR DEST with --archive")
   parser.add_argument("--archive", action="store_true",
                       help="copy WORKDIR's report files to DEST first")
+  parser.add_argument("--order", default="",
+                      help="comma-separated methods to list first (e.g. sft,token_kd,sad)")
   args = parser.parse_args(argv)
   if len(args.dir) != (2 if args.archive else 1):
     parser.error(f"expected {'WORKDIR DEST' if args.archive else 'DEST'}, got {args.dir}")
   if args.archive:
     print(f"{archive(*args.dir)} runs copied to {args.dir[1]}")
   dest = args.dir[-1]
-  rebuild(dest)
+  rebuild(dest, agent_io.csv_list(args.order))
   print((dest / "summary.md").read_text())
 
 

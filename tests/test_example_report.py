@@ -97,6 +97,11 @@ def test_archive_keeps_only_the_report_files_and_rebuilds_the_same_report(tmp_pa
   old = json.loads((dest / "summary.json").read_text())  # a summary without method_order
   io.write_json(dest / "summary.json", {k: v for k, v in old.items() if k != "method_order"})
   assert report.rebuild(dest) == original  # the order of its runs
+  report.main(["--order", "sad", str(dest)])
+  rebuilt = json.loads((dest / "summary.json").read_text())
+  assert rebuilt["method_order"] == ["sad", "token_kd"]
+  assert (dest / "summary.md").read_text().index("| sad |") < (
+      dest / "summary.md").read_text().index("| token_kd |")
 
 
 def test_report_without_runs_writes_only_the_json(tmp_path):
