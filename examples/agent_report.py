@@ -227,7 +227,7 @@ def plot(workdir: pathlib.Path, summary: dict) -> list[str]:
   ax.axhline(0.0, color="black", lw=0.8)
   ax.set_xticks(range(len(paired)), list(paired), rotation=30, ha="right")
   ax.set(ylabel=f"success − {BASELINE}",
-         title=f"paired difference to {BASELINE}: seeds (dots), mean and 95% t-interval")
+         title=f"paired difference to {BASELINE}\nseeds (dots), mean and 95% t-interval")
   fig.tight_layout()
   _save(fig, workdir / PAIRED_PLOT)
   plt.close(fig)
