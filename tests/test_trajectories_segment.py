@@ -394,16 +394,26 @@ def test_segmented_validates_spans():
 
 
 def test_linear_time_on_adversarial_input():
+  """4x the input costs ~4x the CPU time (a quadratic scan: ~16x); CPU time of this
+  process, best of 3, so other processes on the machine do not enter the ratio."""
   big = {
-      "chatml": "<|im_start|>" * 20000 + "<|im_start|>assistant\n" + "<think><tool_call>" * 20000,
-      "react": "Thought: Action: " * 20000 + "\nAction:" * 20000,
-      "codeact": "Thought: x\n" + "```py\n" * 20000,
-      "alfworld": "> \n" * 40000,
+      "chatml": lambda n: "<|im_start|>" * n + "<|im_start|>assistant\n" + "<think><tool_call>" * n,
+      "react": lambda n: "Thought: Action: " * n + "\nAction:" * n,
+      "codeact": lambda n: "Thought: x\n" + "```py\n" * n,
+      "alfworld": lambda n: "> \n" * (2 * n),
   }
-  for fmt, text in big.items():
-    t0 = time.perf_counter()
-    tj.segment(text, format=fmt, strict=False)
-    assert time.perf_counter() - t0 < 2.0, fmt
+
+  def cpu_seconds(text, fmt):
+    times = []
+    for _ in range(3):
+      t0 = time.process_time()
+      tj.segment(text, format=fmt, strict=False)
+      times.append(time.process_time() - t0)
+    return min(times)
+
+  for fmt, make in big.items():
+    small, large = cpu_seconds(make(5000), fmt), cpu_seconds(make(20000), fmt)
+    assert large < 8.0 * max(small, 1e-3), (fmt, small, large)
 
 
 # ------------------------------------------------------------------ fuzzing
