@@ -115,6 +115,18 @@ def test_mixed_precision_runs_the_model_in_bfloat16_and_keeps_fp32_params():
   assert not np.array_equal(new.rng, state.rng)
 
 
+def test_donated_step_leaves_the_callers_parameters_intact():
+  cfg = _config()
+  tx = train.make_optimizer(cfg.optimizer)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tiny_lm.init(jax.random.key(1)))
+  state = train.init_train_state(params, tx, cfg)
+  step = jax.jit(train.make_train_step(tiny_lm.apply, tx, cfg), donate_argnums=0)
+  step(state, _batch())
+  assert state.params["embed"].is_deleted()
+  assert not any(x.is_deleted() for x in jax.tree.leaves(params))
+  np.testing.assert_array_equal(params["embed"], tiny_lm.init(jax.random.key(1))["embed"])
+
+
 def test_nonfinite_guard_skips_the_update_and_counts_it():
   cfg = _config(optimizer={"name": "adamw", "learning_rate": 1e-2})
   tx = train.make_optimizer(cfg.optimizer)

@@ -319,9 +319,11 @@ def init_train_state(model_or_params, optimizer, loss=None, *, rng: jax.Array | 
     graphdef, params, model_state = nnx.split(model_or_params, wrt or nnx.Param, ...)
   else:
     params = model_or_params
+  # Copies (``jnp.array``), so a train step that donates the state leaves the
+  # caller's parameters intact.
   params = jax.tree.map(
-      lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
-      else jnp.asarray(x), params)
+      lambda x: jnp.array(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+      else jnp.array(x), params)
   if rng is None:
     rng = jax.random.key(config.seed)
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
